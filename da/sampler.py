@@ -1,0 +1,177 @@
+"""Reverse-time samplers for the training-free diffusion model.
+
+Each sampler is a short function over a score callable ``score(z, t) -> tensor``
+shaped like ``z`` (k-diffusion's ``sampling.py`` is the model), integrating from
+``timesteps[0]`` (usually 1) down to ``timesteps[-1]`` (> 0):
+
+* :func:`sample_sde` -- Euler-Maruyama on the backward SDE, Rafid et al. Eq. (6):
+  ``z <- z - [b z - sigma^2 S(z, t)] dt + sigma sqrt(dt) xi``.
+* :func:`sample_ode` -- the probability-flow ODE, Eq. (9):
+  ``dz/dt = b z - 0.5 sigma^2 S(z, t)``, with Euler or Heun steps.
+
+``t`` passed to the score is a float for the plain samplers; Parareal passes a
+tensor with one time per row, which :func:`ode_velocity` and the estimators of
+:mod:`da.score` accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from da._checks import check_finite, check_time_grid
+from da.schedule import Schedule
+
+ScoreFn = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
+NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
+OdeMethod = Literal["euler", "heun"]
+
+
+class StepCallback(Protocol):
+    def __call__(self, step: int, t: float, z: torch.Tensor) -> None: ...
+
+
+def time_grid(
+    n_steps: int,
+    *,
+    t_start: float = 1.0,
+    t_end: float = 1e-3,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Uniform grid of ``n_steps`` steps from ``t_start`` down to ``t_end`` (inclusive)."""
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    grid = torch.linspace(t_start, t_end, n_steps + 1, dtype=dtype)
+    check_time_grid("timesteps", grid)
+    return grid
+
+
+def _broadcast(coef: float | torch.Tensor, z: torch.Tensor) -> float | torch.Tensor:
+    """A per-row coefficient (N,) reshaped to (N, 1, ..., 1) against z (N, ...)."""
+    if isinstance(coef, torch.Tensor) and coef.ndim > 0:
+        return coef.to(z.dtype).reshape(coef.shape + (1,) * (z.ndim - coef.ndim))
+    return float(coef)
+
+
+def _check_start(schedule: Schedule, t0: float) -> None:
+    if schedule.alpha(t0) <= 0.0:
+        raise ValueError(
+            f"timesteps[0] = {t0} makes alpha_t = 0 and the drift b(t) infinite; "
+            "start below 1 or use a Schedule with eps_a > 0"
+        )
+
+
+def ode_velocity(
+    score: ScoreFn, z: torch.Tensor, t: float | torch.Tensor, schedule: Schedule
+) -> torch.Tensor:
+    """Right-hand side of the probability-flow ODE, Eq. (9): b(t) z - 0.5 sigma^2(t) S(z, t)."""
+    b = _broadcast(schedule.drift(t), z)
+    s2 = _broadcast(schedule.diffusion2(t), z)
+    return b * z - 0.5 * s2 * score(z, t)
+
+
+def ode_step(
+    score: ScoreFn,
+    z: torch.Tensor,
+    t: float | torch.Tensor,
+    t_next: float | torch.Tensor,
+    schedule: Schedule,
+    method: OdeMethod = "euler",
+) -> torch.Tensor:
+    """One backward step of the probability-flow ODE from ``t`` to ``t_next`` < ``t``.
+
+    ``t`` and ``t_next`` may be per-row tensors (Parareal's batched fine solves).
+    """
+    h = _broadcast(t - t_next, z)
+    v = ode_velocity(score, z, t, schedule)
+    z_euler = z - h * v
+    if method == "euler":
+        return z_euler
+    if method == "heun":
+        return z - 0.5 * h * (v + ode_velocity(score, z_euler, t_next, schedule))
+    raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
+
+
+def _finish(name: str, z: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    if not bool(torch.isfinite(z).all()):
+        raise FloatingPointError(
+            f"{name} produced non-finite values by t = {float(timesteps[-1])}; "
+            "the score or the grid's smallest time is the usual cause"
+        )
+    return z
+
+
+def _gaussian_noise(generator: torch.Generator | None) -> NoiseFn:
+    def draw(step: int, like: torch.Tensor) -> torch.Tensor:
+        del step
+        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+    return draw
+
+
+def sample_sde(
+    score: ScoreFn,
+    z: torch.Tensor,
+    timesteps: torch.Tensor,
+    schedule: Schedule,
+    *,
+    generator: torch.Generator | None = None,
+    noise: NoiseFn | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Euler-Maruyama on the backward SDE, Rafid et al. Eq. (6).
+
+    Args:
+        score: ``score(z, t)``, shaped like ``z``.
+        z: starting points at ``timesteps[0]`` (usually standard normal at t = 1).
+        timesteps: strictly decreasing times in (0, 1].
+        schedule: the alpha/beta schedule.
+        generator: random source for the Brownian increments.
+        noise: ``noise(step, z) -> xi`` overriding the default N(0, I) draw (a
+            sharded run draws the single-process noise and keeps its own shard).
+        callback: called after every step with (step, t_next, z).
+        progress: show a tqdm bar.
+    """
+    check_time_grid("timesteps", timesteps)
+    check_finite("z", z)
+    _check_start(schedule, float(timesteps[0]))
+    draw = noise or _gaussian_noise(generator)
+    times = timesteps.tolist()
+    for k in tqdm(range(len(times) - 1), disable=not progress, desc="SDE", leave=False):
+        t, t_next = times[k], times[k + 1]
+        dt = t - t_next
+        drift = schedule.drift(t) * z - schedule.diffusion2(t) * score(z, t)
+        z = z - drift * dt + (schedule.diffusion2(t) * dt) ** 0.5 * draw(k, z)
+        if callback is not None:
+            callback(k, t_next, z)
+    return _finish("sample_sde", z, timesteps)
+
+
+def sample_ode(
+    score: ScoreFn,
+    z: torch.Tensor,
+    timesteps: torch.Tensor,
+    schedule: Schedule,
+    *,
+    method: OdeMethod = "euler",
+    callback: StepCallback | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """The probability-flow ODE, Rafid et al. Eq. (9), with Euler or Heun steps.
+
+    Args are those of :func:`sample_sde`; ``method`` picks the step. The map from
+    ``z`` to the result is deterministic, which is what Parareal needs.
+    """
+    check_time_grid("timesteps", timesteps)
+    check_finite("z", z)
+    _check_start(schedule, float(timesteps[0]))
+    times = timesteps.tolist()
+    for k in tqdm(range(len(times) - 1), disable=not progress, desc="ODE", leave=False):
+        z = ode_step(score, z, times[k], times[k + 1], schedule, method)
+        if callback is not None:
+            callback(k, times[k + 1], z)
+    return _finish("sample_ode", z, timesteps)
