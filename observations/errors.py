@@ -1,0 +1,79 @@
+"""Observation-error models: what a filter needs of R.
+
+An error model describes Gaussian observation noise eps ~ N(0, R) on observations
+shaped (*obs_shape). Filters use it through :class:`ObservationError`:
+``precision_matvec`` applies R^{-1} to residuals (batch, *obs_shape), which gives
+the EnSF likelihood score J_H^T R^{-1} (y - H(x)) and the LETKF's R^{-1}; ``sample``
+draws noise for synthetic observations and baseline perturbations.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class ObservationError(Protocol):
+    """Gaussian observation error N(0, R) on observations shaped ``obs_shape``."""
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Marginal standard deviation, broadcastable to ``obs_shape``."""
+        ...
+
+    def precision_matvec(self, residual: torch.Tensor) -> torch.Tensor:
+        """R^{-1} r for r shaped (batch, *obs_shape); differentiable."""
+        ...
+
+    def sample(
+        self,
+        shape: tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Draw noise of ``shape`` = (batch, *obs_shape)."""
+        ...
+
+
+def log_likelihood(error: ObservationError, residual: torch.Tensor) -> torch.Tensor:
+    """-0.5 r^T R^{-1} r per batch row (constants dropped); residual (batch, *obs_shape)."""
+    weighted = error.precision_matvec(residual)
+    return -0.5 * (residual * weighted).flatten(1).sum(dim=1)
+
+
+class DiagonalError:
+    """Independent errors with standard deviation ``std`` (a float or a tensor
+    broadcastable to the observation shape): R = diag(std^2)."""
+
+    def __init__(self, std: float | torch.Tensor) -> None:
+        std_t = torch.as_tensor(std, dtype=torch.float64)
+        if not bool(torch.isfinite(std_t).all()) or bool((std_t <= 0).any()):
+            raise ValueError(f"std must be finite and > 0, got min {float(std_t.min())}")
+        self._std = std_t
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self._std
+
+    def precision_matvec(self, residual: torch.Tensor) -> torch.Tensor:
+        var = self._std.to(dtype=residual.dtype, device=residual.device).square()
+        return residual / var
+
+    def sample(
+        self,
+        shape: tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        noise = torch.randn(shape, generator=generator, dtype=dtype) * self._std.to(dtype)
+        return noise if device is None else noise.to(device)
+
+    def __repr__(self) -> str:
+        s = self._std
+        return f"DiagonalError(std={float(s) if s.numel() == 1 else tuple(s.shape)})"
