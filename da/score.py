@@ -168,9 +168,13 @@ def mixture_score(
         cross += (zc @ xc.transpose(-1, -2)).to(acc)
         norms += xc.square().sum(dim=-1).unsqueeze(1).to(acc)
     partial = (alpha / beta2).to(acc) * cross - (alpha.square() / (2 * beta2)).to(acc) * norms
+    # The all_reduce payload is N x M numbers in z's dtype (the only traffic of a
+    # sharded evaluation); the single-process path rounds the same way so that
+    # sharded and unsharded runs agree to summation order.
+    partial = partial.to(z.dtype)
     if group is not None:
         dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=group)
-    weights = torch.softmax(partial, dim=-1).to(z.dtype)
+    weights = torch.softmax(partial, dim=-1)
 
     out = torch.empty_like(zf)
     for s in slices:
