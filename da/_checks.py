@@ -25,8 +25,9 @@ def check_times(name: str, t: float | torch.Tensor) -> None:
 def check_time_grid(name: str, timesteps: torch.Tensor) -> None:
     """A sampler's grid: at least two times, strictly decreasing, all in (0, 1]."""
     if timesteps.ndim != 1 or timesteps.numel() < 2:
-        raise ValueError(f"{name} must be a 1-D grid of at least two times, got shape "
-                         f"{tuple(timesteps.shape)}")
+        raise ValueError(
+            f"{name} must be a 1-D grid of at least two times, got shape {tuple(timesteps.shape)}"
+        )
     check_times(name, timesteps)
     steps = timesteps[1:] - timesteps[:-1]
     if bool((steps >= 0).any()):

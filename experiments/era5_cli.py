@@ -1,0 +1,112 @@
+"""``tfda era5 download|prepare``: fetch ERA5 for FourCastNet through cdsapi and turn
+the files into one tidy netCDF (time, variable, lat, lon).
+
+    tfda era5 download --lee --out data/era5            # 2023-09-05 00 .. 09-16 00 UTC, 6-hourly
+    tfda era5 download --start 2023-09-05 --end 2023-09-08T18 --out data/era5 --dry-run
+    tfda era5 prepare --in data/era5 --out data/era5_lee.nc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timedelta
+
+from observations import era5
+
+LEE_START = datetime(2023, 9, 5, 0)
+LEE_END = datetime(2023, 9, 16, 0)
+
+
+def _when(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO date/time: {text!r} (e.g. 2023-09-05 or 2023-09-05T18)") from exc
+
+
+def time_range(start: datetime, end: datetime, step_hours: int) -> list[datetime]:
+    """start, start + step, ... up to and including end."""
+    if end < start:
+        raise ValueError(f"--end {end} is before --start {start}")
+    if step_hours <= 0:
+        raise ValueError(f"--step-hours must be > 0, got {step_hours}")
+    n = int((end - start) / timedelta(hours=step_hours))
+    return [start + timedelta(hours=step_hours * k) for k in range(n + 1)]
+
+
+def _window(args: argparse.Namespace, *, required: bool) -> list[datetime] | None:
+    start = LEE_START if args.lee and args.start is None else args.start
+    end = LEE_END if args.lee and args.end is None else args.end
+    if start is None and end is None and not required:
+        return None
+    if start is None or end is None:
+        raise ValueError("give --start and --end (or --lee for the Hurricane Lee window)")
+    return time_range(start, end, args.step_hours)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tfda era5", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def window(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--start", type=_when, help="first time, ISO (2023-09-05[T00])")
+        sp.add_argument("--end", type=_when, help="last time, inclusive (a date means 00 UTC)")
+        sp.add_argument("--step-hours", type=int, default=6, help="spacing (default 6)")
+        sp.add_argument("--lee", action="store_true",
+                        help=f"Hurricane Lee window {LEE_START:%Y-%m-%d} .. {LEE_END:%Y-%m-%d}")
+        sp.add_argument("--channels", default=",".join(era5.FOURCASTNET_CHANNELS),
+                        help="comma-separated channels (default: the 20 FourCastNet ones)")
+
+    d = sub.add_parser("download", help="retrieve ERA5 netCDF files from the CDS")
+    window(d)
+    d.add_argument("--out", required=True, help="directory for the files")
+    d.add_argument("--retries", type=int, default=4)
+    d.add_argument("--backoff", type=float, default=30.0, help="first retry wait, s (doubles)")
+    d.add_argument("--dry-run", action="store_true", help="print the requests, fetch nothing")
+    d.add_argument("--no-progress", action="store_true")
+
+    q = sub.add_parser("prepare", help="merge downloaded files into one tidy netCDF")
+    window(q)
+    q.add_argument("--in", dest="inputs", nargs="+", required=True,
+                   help="a directory of ERA5 *.nc files, or files")
+    q.add_argument("--out", required=True, help="output netCDF file")
+    q.add_argument("--allow-any-grid", action="store_true",
+                   help="skip the check for FourCastNet's 721x1440 0.25-degree grid")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    try:
+        if args.command == "download":
+            times = _window(args, required=True)
+            assert times is not None
+            if args.dry_run:
+                reqs = era5.build_requests(times, channels=channels)
+                print(json.dumps([{"dataset": r.dataset, "target": r.filename,
+                                   "request": r.request} for r in reqs], indent=1))
+                return 0
+            paths = era5.download(times, args.out, channels=channels, retries=args.retries,
+                                  backoff_s=args.backoff, progress=not args.no_progress)
+            print(f"{len(paths)} ERA5 files for {len(times)} times in {args.out}")
+            return 0
+        times = _window(args, required=False)
+        inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
+        tensor, coords = era5.load_era5(inputs, times, channels=channels)
+        if not args.allow_any_grid:
+            era5.check_fourcastnet_grid(coords["lat"], coords["lon"])
+        out = era5.write_netcdf(args.out, tensor, coords)
+        print(f"wrote {out}: {tuple(tensor.shape)} (time, variable, lat, lon), "
+              f"{str(coords['time'][0])[:16]} .. {str(coords['time'][-1])[:16]}")
+        return 0
+    except (ValueError, era5.Era5AccessError) as exc:
+        print(f"tfda era5 {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

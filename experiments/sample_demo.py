@@ -1,0 +1,76 @@
+"""Training-free sampling demo: a 2-D mixture of 8 Gaussians.
+
+The score is estimated from prior samples alone (Rafid et al., Eq. 8, with the
+softmax weights); the reverse SDE (Eq. 6) and the probability-flow ODE (Eq. 9) turn
+standard-normal points into samples of the mixture. Writes a three-panel PNG::
+
+    python -m experiments.sample_demo --out runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
+from da.schedule import Schedule  # noqa: E402
+from da.score import mixture_score  # noqa: E402
+
+
+def eight_gaussians(n: int, generator: torch.Generator) -> torch.Tensor:
+    """n points of the usual 8-Gaussian ring (radius 4, std 0.3)."""
+    angles = torch.randint(8, (n,), generator=generator).double() * (2 * math.pi / 8)
+    centres = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    return centres + 0.3 * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tfda demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--prior", type=int, default=2000, help="prior samples M")
+    parser.add_argument("--points", type=int, default=2000, help="generated points N")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    g = torch.Generator().manual_seed(args.seed)
+    schedule = Schedule(eps_a=0.025)
+    prior = eight_gaussians(args.prior, g)
+    z1 = torch.randn(args.points, 2, generator=g, dtype=torch.float64)
+    grid = time_grid(args.steps, t_end=1e-3)
+
+    def score(z: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        return mixture_score(z, prior, t, schedule)
+
+    sde = sample_sde(score, z1, grid, schedule, generator=g, progress=not args.no_progress)
+    ode = sample_ode(score, z1, grid, schedule, method="heun", progress=not args.no_progress)
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
+    titles = ("prior samples", "reverse SDE (Eq. 6)", "probability-flow ODE (Eq. 9)")
+    for ax, pts, title in zip(axes, (prior, sde, ode), titles, strict=True):
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+        ax.set_title(title)
+        ax.set_aspect("equal")
+    fig.suptitle(f"training-free score from M = {args.prior} samples, {args.steps} steps")
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / "sample_demo.png"
+    with tempfile.NamedTemporaryFile(dir=args.out, suffix=".png", delete=False) as tmp:
+        fig.savefig(tmp.name, dpi=120, bbox_inches="tight")
+    os.replace(tmp.name, target)
+    plt.close(fig)
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
