@@ -27,6 +27,7 @@ with one all_reduce and nothing of size d leaves the rank.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -88,12 +89,37 @@ def _time_coefficients(
     return schedule.alpha(tt).unsqueeze(-1), schedule.beta2(tt).unsqueeze(-1)
 
 
+class AllReduceSum(Protocol):
+    """A communicator that sums a tensor in place over the ranks holding the shards."""
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> None: ...
+
+
+def _all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | AllReduceSum) -> None:
+    reduce = getattr(group, "all_reduce_sum", None)
+    if reduce is not None:
+        reduce(tensor)
+    else:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+
+
 def _chunks(d: int, chunk_size: int | None) -> list[slice]:
     if chunk_size is None:
         return [slice(0, d)]
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive number of features, got {chunk_size}")
     return [slice(s, min(s + chunk_size, d)) for s in range(0, d, chunk_size)]
+
+
+def _check_finite_chunked(name: str, x: torch.Tensor, slices: list[slice]) -> None:
+    """:func:`da._checks.check_finite` a feature chunk at a time.
+
+    torch.isfinite on the whole of x holds temporaries larger than x itself; chunk by
+    chunk the check keeps the score's extra memory at O((N + M) chunk_size).
+    """
+    if all(bool(torch.isfinite(x[:, s]).all()) for s in slices):
+        return
+    check_finite(name, x)  # the error path: count every bad value for the message
 
 
 def mixture_score(
@@ -107,7 +133,7 @@ def mixture_score(
     minibatch: int | None = None,
     generator: torch.Generator | None = None,
     centre: bool = True,
-    group: dist.ProcessGroup | None = None,
+    group: dist.ProcessGroup | AllReduceSum | None = None,
     check_inputs: bool = True,
 ) -> torch.Tensor:
     """Softmax-weighted Monte Carlo score of Eq. (8), as two matrix products.
@@ -126,7 +152,9 @@ def mixture_score(
         generator: random source for ``minibatch``.
         centre: subtract the prior mean before the products (keep True; False
             exists to show what centring buys in float32).
-        group: process group holding the other feature shards; None = one process.
+        group: process group holding the other feature shards, or a communicator
+            with an ``all_reduce_sum(tensor)`` method (e.g. the byte-counting
+            :class:`da.sharding.CountingComm`); None = one process.
         check_inputs: check for NaN/Inf and times outside (0, 1]; a hot loop that
             has already checked its inputs may switch this off.
 
@@ -134,9 +162,10 @@ def mixture_score(
         The score, shaped and typed like ``z``.
     """
     batch, n, m, d_local = _split_shapes(z, x0, batch_dims, paired=False)
+    slices = _chunks(d_local, chunk_size)
     if check_inputs:
-        check_finite("z", z)
-        check_finite("x0", x0)
+        _check_finite_chunked("z", z.reshape(-1, d_local), slices)
+        _check_finite_chunked("x0", x0.reshape(-1, d_local), slices)
         check_times("t", t)
     if minibatch is not None:
         if not 0 < minibatch <= m:
@@ -149,7 +178,6 @@ def mixture_score(
     xf = x0.reshape(-1, m, d_local)
     alpha, beta2 = _time_coefficients(t, schedule, batch, n, z)
     alpha, beta2 = alpha.reshape(-1, n, 1), beta2.reshape(-1, n, 1)
-    slices = _chunks(d_local, chunk_size)
 
     def centred(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
         xs, zs = xf[..., s], zf[..., s]
@@ -173,7 +201,7 @@ def mixture_score(
     # sharded and unsharded runs agree to summation order.
     partial = partial.to(z.dtype)
     if group is not None:
-        dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=group)
+        _all_reduce_sum(partial, group)
     weights = torch.softmax(partial, dim=-1)
 
     out = torch.empty_like(zf)
@@ -190,7 +218,7 @@ def paired_score(
     schedule: Schedule = DEFAULT_SCHEDULE,
     *,
     batch_dims: int = 0,
-    group: dist.ProcessGroup | None = None,
+    group: dist.ProcessGroup | AllReduceSum | None = None,
     check_inputs: bool = True,
 ) -> torch.Tensor:
     """One-sample score of the published EnSF code: S(z_i) = -(z_i - alpha_t x_i) / beta_t^2.

@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "parareal": ("experiments.parareal_speedup", "Parareal speed-up table"),
     "scaling": ("experiments.scaling", "strong/weak scaling of the sharded score"),
     "bench-score": ("experiments.bench_score", "score estimator benchmark"),
+    "bench-models": ("experiments.bench_models", "forecast-model timing benchmark"),
+    "plot-tracks": ("experiments.plot_tracks", "track-uncertainty figure of a Lee run directory"),
 }
 
 

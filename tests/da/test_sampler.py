@@ -29,9 +29,12 @@ def eight_gaussians(n: int, g: torch.Generator) -> torch.Tensor:
     return centres + 0.3 * torch.randn(n, 2, generator=g, dtype=torch.float64)
 
 
-def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """V-statistic energy distance 2E|A-B| - E|A-A'| - E|B-B'| (Szekely & Rizzo)."""
-    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+def energy_distance(a: torch.Tensor, b: torch.Tensor, b_self: float | None = None) -> float:
+    """V-statistic energy distance 2E|A-B| - E|A-A'| - E|B-B'| (Szekely & Rizzo);
+    ``b_self`` = E|B-B'| may be passed when b is reused."""
+    if b_self is None:
+        b_self = float(torch.cdist(b, b).mean())
+    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean()) - b_self
 
 
 @pytest.mark.parametrize("sampler", ["sde", "ode"])
@@ -62,29 +65,35 @@ def test_gaussian_target_mean_and_covariance(sampler, d, n_gen):
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["sde", "ode"])
 def test_eight_gaussians_energy_distance(sampler):
-    """2000 generated points are within 1.5x the energy distance of a fresh 2000-point
-    draw, both measured against one reference draw of the target.
+    """2000 generated points are within 1.5x the energy distance of fresh 2000-point
+    draws of the target, all measured against one reference draw.
 
-    Why M = 8000 prior samples: the training-free score is that of the prior
-    samples' empirical mixture, so generated points inherit the prior's own
-    sampling error. The V-statistic's expectation is about c (1/M + 1/n + 1/n_ref)
-    for generated points and c (1/n + 1/n_ref) for a fresh draw: with M = n = 2000
-    the ratio is ~1.7 for any correct sampler (measured 1.77), with M = n_ref = 8000
-    it is ~1.2, which leaves the 1.5 bound for the solver's own errors."""
+    Two facts shape the bound. (1) The training-free score is that of the prior
+    samples' empirical mixture, so generated points inherit the prior's sampling
+    error: the V-statistic's expectation is about c (1/M + 1/n + 1/n_ref) for them
+    and c (1/n + 1/n_ref) for a fresh draw, hence M = 4000 > n. (2) With 8 separated
+    modes, the energy distance of ONE 2000-point draw is dominated by its multinomial
+    mode counts and spreads like a chi-square with 7 degrees of freedom (+-50 %;
+    measured ratios of single draws for correct samplers: 0.5 to 1.6 over seeds), so
+    a single fresh draw is no yardstick: the bound is 1.5x the 90th percentile of 64
+    fresh draws. A wrong drift or noise term gives ratios of 10 and more."""
     g = torch.Generator().manual_seed(11)
-    prior, fresh, reference = (
-        eight_gaussians(8000, g),
-        eight_gaussians(2000, g),
-        eight_gaussians(8000, g),
+    prior, reference = eight_gaussians(4000, g), eight_gaussians(8000, g)
+    ref_self = float(torch.cdist(reference, reference).mean())
+    fresh = torch.tensor(
+        [energy_distance(eight_gaussians(2000, g), reference, ref_self) for _ in range(64)]
     )
     z1 = torch.randn(2000, 2, generator=g, dtype=torch.float64)
-    grid = time_grid(200, t_end=1e-3)
     score = lambda z, t: mixture_score(z, prior, t, SCHEDULE)  # noqa: E731
     if sampler == "sde":
-        out = sample_sde(score, z1, grid, SCHEDULE, generator=g, progress=False)
+        out = sample_sde(
+            score, z1, time_grid(200, t_end=1e-3), SCHEDULE, generator=g, progress=False
+        )
     else:
-        out = sample_ode(score, z1, grid, SCHEDULE, method="euler", progress=False)
-    assert energy_distance(out, reference) < 1.5 * energy_distance(fresh, reference)
+        out = sample_ode(
+            score, z1, time_grid(50, t_end=1e-3), SCHEDULE, method="heun", progress=False
+        )
+    assert energy_distance(out, reference, ref_self) < 1.5 * float(fresh.quantile(0.9))
 
 
 def test_heun_is_second_order_on_a_linear_ode():

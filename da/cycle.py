@@ -1,0 +1,207 @@
+"""The assimilation cycle: forecast -> observe -> analyse, with resumable state.
+
+``run_cycle(model, analysis, operator, ensemble, n_cycles=..., ...)`` runs, for
+cycle k = 1..n_cycles:
+
+1. forecast: ``ensemble <- model.step(ensemble)`` ``steps_per_cycle`` times (and the
+   truth likewise, for a twin experiment);
+2. observe: ``y = observations(k, truth)`` if an ``observations`` callable is given
+   (real or pre-made synthetic data; NaN = not observed), else, for a twin
+   experiment, ``y = H(truth) + eps`` with eps drawn from ``operator.error.sample``;
+3. analyse: ``ensemble <- analysis(ensemble, y, operator)``; an analysis that takes
+   a ``generator`` keyword (EnSF, LETKF) gets the cycle's generator;
+4. metrics: rmse_f / rmse_a (ensemble mean against the truth, where there is a
+   truth), spread_f / spread_a (sqrt of the mean ensemble variance), obs_rmse_f /
+   obs_rmse_a (mean of H(members) against the finite y);
+5. ``callback(k, ensemble, metrics)``; ``checkpointer.save(state)``.
+
+The result is an ``xarray.Dataset`` with the per-cycle metrics on dim ``cycle``,
+the final ``ensemble`` (dims member, s0, s1, ...) and, for a twin, the final
+``truth``. Every random draw comes from one ``torch.Generator`` seeded with
+``seed``; the checkpoint holds it, torch's global generator state, the ensemble,
+the truth and the metrics so far, so that a run stopped after cycle k and
+restarted with the same arguments resumes at k + 1 and ends identical to an
+uninterrupted run. ``da`` does no I/O: ``checkpointer`` is any object with
+``save(state: dict) -> None`` and ``load() -> dict | None`` (see
+experiments/checkpoint.py for the atomic file implementation).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from da.filters.ensf import check_ensemble
+
+METRICS = ("rmse_f", "rmse_a", "spread_f", "spread_a", "obs_rmse_f", "obs_rmse_a")
+
+
+class Checkpointer(Protocol):
+    """Where a cycle keeps its state between cycles (atomically)."""
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+    def load(self) -> dict[str, Any] | None: ...
+
+
+class Model(Protocol):
+    def step(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+Analysis = Callable[..., torch.Tensor]
+Observations = Callable[[int, "torch.Tensor | None"], torch.Tensor]
+Callback = Callable[[int, torch.Tensor, dict[str, float]], None]
+
+
+def _accepts_generator(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    diff = (a - b)[torch.isfinite(b)]
+    return float(diff.square().mean().sqrt()) if diff.numel() else float("nan")
+
+
+def _spread(x: torch.Tensor) -> float:
+    return float(x.reshape(x.shape[0], -1).var(0).mean().sqrt())
+
+
+def _metrics(x: torch.Tensor, truth: torch.Tensor | None, y: torch.Tensor, operator: Any,
+             tag: str) -> dict[str, float]:
+    with torch.no_grad():
+        hx_mean = operator(x).mean(0)
+    return {
+        f"rmse_{tag}": _rmse(x.mean(0), truth[0]) if truth is not None else float("nan"),
+        f"spread_{tag}": _spread(x),
+        f"obs_rmse_{tag}": _rmse(hx_mean, y),
+    }
+
+
+def run_cycle(
+    model: Model,
+    analysis: Analysis,
+    operator: Any,
+    ensemble: torch.Tensor,
+    *,
+    n_cycles: int,
+    truth: torch.Tensor | None = None,
+    observations: Observations | None = None,
+    steps_per_cycle: int = 1,
+    seed: int = 0,
+    callback: Callback | None = None,
+    checkpointer: Checkpointer | None = None,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Cycle ``analysis`` over ``n_cycles`` forecasts of ``model``; see the module docstring.
+
+    Args:
+        model: any object with ``step(x) -> x`` on (member, *state_shape).
+        analysis: ``analysis(prior, y, operator[, generator=...]) -> posterior``.
+        operator: observation operator with ``error`` (observations.operators).
+        ensemble: initial ensemble (member, *state_shape), M >= 2.
+        n_cycles: number of forecast/analysis cycles (>= 1).
+        truth: initial true state (*state_shape) or (1, *state_shape) for a twin.
+        observations: ``observations(k, truth_or_None) -> y``; needed without truth.
+        steps_per_cycle: model steps between analyses.
+        seed: seeds the generator behind observation noise and the analysis.
+        callback: called after each cycle with (k, analysis ensemble, metrics).
+        checkpointer: saves the state after each analysis; resumes from ``load()``.
+        progress: tqdm bar over cycles.
+    """
+    check_ensemble("ensemble", ensemble)
+    if n_cycles < 1:
+        raise ValueError(f"n_cycles must be >= 1, got {n_cycles}")
+    if steps_per_cycle < 1:
+        raise ValueError(f"steps_per_cycle must be >= 1, got {steps_per_cycle}")
+    if truth is None and observations is None:
+        raise ValueError("give observations= (a callable) or truth= (a twin experiment)")
+    state_shape = tuple(ensemble.shape[1:])
+    if truth is not None:
+        truth = truth.reshape(1, *state_shape) if tuple(truth.shape) == state_shape else truth
+        if tuple(truth.shape) != (1, *state_shape):
+            raise ValueError(f"truth has shape {tuple(truth.shape)}, expected {state_shape}")
+        truth = truth.to(ensemble)
+    generator = torch.Generator(device=ensemble.device).manual_seed(seed)
+    history: dict[str, list[float]] = {name: [] for name in METRICS}
+    start = 1
+    if checkpointer is not None and (state := checkpointer.load()) is not None:
+        if state.get("n_cycles_total", n_cycles) > n_cycles or state["cycle"] > n_cycles:
+            raise ValueError(f"the checkpoint is at cycle {state['cycle']} > n_cycles={n_cycles}")
+        if tuple(state["ensemble"].shape) != tuple(ensemble.shape):
+            raise ValueError("the checkpoint's ensemble shape differs from ensemble's")
+        ensemble = state["ensemble"].to(ensemble)
+        truth = None if state["truth"] is None else state["truth"].to(ensemble)
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = {k: list(v) for k, v in state["history"].items()}
+        start = state["cycle"] + 1
+    pass_generator = _accepts_generator(analysis)
+
+    for k in tqdm(range(start, n_cycles + 1), disable=not progress, desc="cycle",
+                  initial=start - 1, total=n_cycles):
+        x = ensemble
+        for _ in range(steps_per_cycle):
+            x = model.step(x)
+            if truth is not None:
+                truth = model.step(truth)
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(f"cycle {k}: the forecast ensemble is non-finite "
+                                     "(the model diverged from the last analysis)")
+        if observations is not None:
+            y = torch.as_tensor(observations(k, truth)).to(x)
+        else:
+            with torch.no_grad():
+                clean = operator(truth)[0]
+            noise = operator.error.sample((1, *clean.shape), generator=generator,
+                                          dtype=clean.dtype, device=clean.device)
+            y = clean + noise[0]
+        with torch.no_grad():
+            obs_shape = tuple(operator(x[:1]).shape[1:])
+        if tuple(y.shape) != obs_shape:
+            raise ValueError(f"cycle {k}: y has shape {tuple(y.shape)} but H(x) gives "
+                             f"{obs_shape} per member")
+        metrics = _metrics(x, truth, y, operator, "f")
+        kwargs = {"generator": generator} if pass_generator else {}
+        xa = analysis(x, y, operator, **kwargs)
+        if tuple(xa.shape) != tuple(x.shape) or not bool(torch.isfinite(xa).all()):
+            raise FloatingPointError(f"cycle {k}: the analysis returned shape "
+                                     f"{tuple(xa.shape)} or non-finite values")
+        metrics.update(_metrics(xa, truth, y, operator, "a"))
+        ensemble = xa.detach()
+        for name in METRICS:
+            history[name].append(metrics[name])
+        if callback is not None:
+            callback(k, ensemble, metrics)
+        if checkpointer is not None:
+            checkpointer.save({
+                "cycle": k, "n_cycles_total": n_cycles, "ensemble": ensemble,
+                "truth": truth, "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "history": history,
+            })
+    return _dataset(history, ensemble, truth)
+
+
+def _dataset(history: dict[str, list[float]], ensemble: torch.Tensor,
+             truth: torch.Tensor | None) -> xr.Dataset:
+    n = len(history["rmse_a"])
+    dims = ["member"] + [f"s{i}" for i in range(ensemble.ndim - 1)]
+    data: dict[str, Any] = {name: ("cycle", np.asarray(v, dtype=np.float64))
+                            for name, v in history.items()}
+    data["ensemble"] = (dims, ensemble.detach().cpu().numpy())
+    if truth is not None:
+        data["truth"] = (dims[1:], truth[0].detach().cpu().numpy())
+    ds = xr.Dataset(data, coords={"cycle": np.arange(1, n + 1)})
+    ds["rmse_a"].attrs["long_name"] = "RMSE of the analysis ensemble mean against the truth"
+    ds["spread_a"].attrs["long_name"] = "sqrt of the mean analysis ensemble variance"
+    ds["obs_rmse_a"].attrs["long_name"] = "RMSE of mean H(x_a) against the observations"
+    return ds

@@ -1,0 +1,120 @@
+"""Forecast-model benchmark: ``python -m experiments.bench_models [--threads N] ...``.
+
+Prints one table:
+
+* barotropic analogue: one 8-day (32 x 6 h) forecast of ``--members`` (20)
+  members on CPU with ``--threads`` (2) threads, default configuration, wall
+  and CPU seconds;
+* FourCastNet v1 full size (720 x 1440, 20 channels, 74.7 M parameters),
+  random weights, ``--members`` members, one 6-hour step in float32 and in
+  bf16 autocast: time and peak GPU memory -- when CUDA is present, otherwise
+  the rows say "skipped (no CUDA)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from models.barotropic import BarotropicModel, vortex_state
+from models.base import rollout
+from models.fourcastnet import load_fourcastnet
+
+
+def bench_barotropic(members: int, days: int, *, progress: bool) -> tuple[float, float, str]:
+    model = BarotropicModel()
+    x = vortex_state(model, 17.0, 308.0, members=members)
+    steps = days * 4
+    wall, cpu = time.perf_counter(), time.process_time()
+    states = rollout(model, x, steps)
+    if progress:
+        from tqdm import tqdm
+
+        states = tqdm(states, total=steps + 1, desc="barotropic", leave=False)
+    for state in states:
+        x = state
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    ok = "finite" if bool(torch.isfinite(x).all()) else "NON-FINITE"
+    return wall, cpu, ok
+
+
+def vortex_centre(model: BarotropicModel, x: torch.Tensor) -> tuple[float, float]:
+    """(lat, lon): centroid of 850 hPa vorticity above 30% of its peak within 5 degrees."""
+    z = model.vorticity(x[:1])[0].double()
+    iy, ix = divmod(int(z.argmax()), z.shape[1])
+    lat, lon = model.lat[:, None], model.lon[None, :]
+    near = ((lat - model.lat[iy]).abs() <= 5) & ((lon - model.lon[ix]).abs() <= 5)
+    w = torch.where(near & (z > 0.3 * z.max()), z, torch.zeros_like(z))
+    return float((w * lat).sum() / w.sum()), float((w * lon).sum() / w.sum())
+
+
+def print_track(days: int) -> None:
+    """Daily centre and minimum msl of the default vortex (17N 52W) in the default model."""
+    model = BarotropicModel()
+    x = vortex_state(model, 17.0, 308.0)
+    print("day  lat(N)  lon(W)  min msl (hPa)")
+    for n, state in enumerate(rollout(model, x, 4 * days)):
+        if n % 4 == 0:
+            lat, lon = vortex_centre(model, state)
+            msl = float(state[0, 2].min()) / 100
+            print(f"{n // 4:>3}  {lat:6.1f}  {360 - lon:6.1f}  {msl:8.1f}")
+
+
+def bench_fourcastnet(members: int, *, autocast: bool, repeats: int) -> tuple[float, float]:
+    model = load_fourcastnet(None, device="cuda", autocast=autocast)
+    x = torch.randn(members, 20, 721, 1440, device="cuda")
+    model.step(x[:1])                                  # warm-up: cuFFT plans, kernels
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        y = model.step(x)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    assert bool(torch.isfinite(y).all())
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del model, x, y
+    torch.cuda.empty_cache()
+    return min(times), peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_models", description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    ap.add_argument("--members", type=int, default=20)
+    ap.add_argument("--days", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="GPU timing repeats (best of)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--skip-barotropic", action="store_true")
+    ap.add_argument("--track", action="store_true",
+                    help="also print the default analogue vortex track (1 member)")
+    args = ap.parse_args(argv)
+    if args.threads < 1 or args.members < 1 or args.days < 1:
+        ap.error("--threads, --members and --days must be >= 1")
+    torch.set_num_threads(args.threads)
+    if args.track:
+        print_track(args.days)
+    rows = []
+    if not args.skip_barotropic:
+        wall, cpu, ok = bench_barotropic(args.members, args.days, progress=not args.no_progress)
+        rows.append((f"barotropic {args.days}-day, {args.members} members, CPU "
+                     f"{args.threads} thr", f"{wall:.2f} s wall ({cpu:.2f} s CPU)", "-", ok))
+    for label, ac in (("float32", False), ("bf16 autocast", True)):
+        name = f"FourCastNet full, {args.members} members, 1 step, {label}"
+        if not torch.cuda.is_available():
+            rows.append((name, "skipped (no CUDA)", "-", ""))
+            continue
+        t, peak = bench_fourcastnet(args.members, autocast=ac, repeats=args.repeats)
+        rows.append((name, f"{t:.3f} s", f"{peak:.1f} GiB", torch.cuda.get_device_name()))
+    w = max(len(r[0]) for r in rows)
+    print(f"{'benchmark':<{w}}  {'time':<26}  {'peak memory':<11}  note")
+    for r in rows:
+        print(f"{r[0]:<{w}}  {r[1]:<26}  {r[2]:<11}  {r[3]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

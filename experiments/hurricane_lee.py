@@ -1,0 +1,537 @@
+"""``tfda lee``: the Hurricane Lee study of Rafid et al. (SC'24 workshops, Sec. V, Fig. 4).
+
+Day 0 = 2023-09-08 00 UTC; observations on Days -3, -2, -1 and 0 are the truth
+plus correlated perturbations (observations.synthetic); 20 members.
+
+* EnSF: the Day -3 ensemble is the Day -3 observations plus draws of the
+  observation-error model; it is cycled forecast -> EnSF analysis (Bao, Zhang &
+  Zhang, arXiv 2309.00983) through Days -2, -1 and 0, with a checkpoint after
+  every analysis so an interrupted run resumes.
+* Baseline: the Day 0 observations plus draws of the same error model.
+
+Both ensembles are forecast ``forecast_days`` (8) days as one batch, tracked
+on the fly (models.tracking) and compared with the tracked truth: per lead
+day the great-circle error of the ensemble-mean position, the area of the
+q-quantile covariance ellipse, whether the truth lies inside it, and the spread.
+
+Modes: ``--analogue`` (default; CPU, about a minute): the truth is the
+barotropic analogue (models.barotropic) started from a Lee-like vortex at
+17N 52W on Day -3, and the same analogue is the forecast model. Real: ``--era5
+PATH`` (a file from ``tfda era5 prepare`` or a directory of CDS downloads) and
+``--weights DIR`` (FourCastNet v1: backbone.ckpt, global_means.npy,
+global_stds.npy) on a GPU; ``--parareal-slices`` runs the EnSF ODE sampler with
+Parareal (Rafid et al. Algorithm 1), across ranks under mpirun/srun/torchrun.
+
+The run directory holds config.json, observations.nc, analyses.nc, tracks.nc,
+metrics.json, tracks.png/.pdf and, written last, COMPLETE; reading inputs and
+writing these files is experiments.lee_io.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from experiments import cycle as cycle_io
+from experiments.lee_io import (
+    _best_track,
+    _json_safe,
+    _load_era5,
+    _load_model,
+    begin_run,
+    finish_run,
+    write_outputs,
+)
+from experiments.plot_tracks import ensemble_ellipse, plot_track_uncertainty
+from models.tracking import StormTracker, TrackerConfig, great_circle_km
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BEST_TRACK = REPO_ROOT.parent / "shared" / "data" / "lee2023" / "bal132023.dat"
+TRACK_VARIABLES = ("msl", "u850", "v850")
+
+# The analogue's box and steering keep the storm inside the domain (away from the
+# sponge) for all 11 days; they were fixed before any filter result was looked at.
+ANALOGUE_MODEL: dict[str, Any] = {
+    "lat_south": 5.0, "lat_north": 60.0, "lon_west": 270.0, "lon_east": 345.0,
+    "resolution": 1.0, "steering_u_south": -4.0, "steering_u_north": 4.0,
+    "steering_v": 0.5, "steering_lat": 32.0,
+    # 30-min RK4 sub-steps: spectral CFL k_max u dt = (2 pi / 3 dx) 45 m/s 1800 s = 1.8 < 2.8
+    "substeps": 12,
+}
+
+
+@dataclass(frozen=True)
+class LeeConfig:
+    """Everything the study needs; written to the run directory as config.json."""
+
+    mode: str = "analogue"  # "analogue" or "era5"
+    model: str = "barotropic"  # registry name; era5 mode: "fourcastnet"
+    day0: str = "2023-09-08T00:00"
+    obs_days: tuple[int, ...] = (-3, -2, -1, 0)
+    members: int = 20
+    forecast_days: int = 8
+    seed: int = 2023
+    # observation errors: DEFAULT_ERROR_STD x error_scale, Gaussian correlation length
+    error_scale: float = 1.0
+    error_length_scale_km: float = 300.0
+    # R the filter assumes: "diagonal" (the marginal variances of the true R) or "full";
+    # the full correlated R^{-1} makes the explicit 100-step sampler blow up here.
+    filter_error: str = "diagonal"
+    # EnSF (da.filters.ensf.EnSF)
+    ensf_steps: int = 100
+    ensf_sampler: str = "ode"  # probability flow (Eq. 9): stabler than SDE here, Parareal-ready
+    # "paired" (the published EnSF code's estimator): the softmax "mixture" estimator
+    # collapsed the ensemble here (Day 0 analysis spread 1 vs 48 with "paired")
+    ensf_score: str = "paired"
+    ensf_eps_a: float = 0.05
+    ensf_inflation: float = 1.0
+    ensf_standardise: bool = True  # sample in prior-standardised units (arXiv 2404.00844)
+    parareal_slices: int = 0  # > 0: ODE sampler with Parareal
+    parareal_mode: str = "batched"  # "batched" (one device) or "distributed" (ranks)
+    # tracking and figure
+    quantile: float = 0.9
+    first_guess: tuple[float, float] = (17.0, 308.2)  # best track, 2023-09-08 00 UTC
+    vorticity_threshold: float = 5e-5
+    max_displacement_km: float = 500.0
+    # analogue
+    vortex_lat: float = 17.0
+    vortex_lon: float = 308.0
+    vortex_vmax: float = 40.0
+    vortex_rmax_km: float = 150.0
+    analogue_model: dict[str, Any] = field(default_factory=lambda: dict(ANALOGUE_MODEL))
+    # real data
+    era5: str | None = None
+    weights: str | None = None
+    afno: dict[str, Any] = field(default_factory=dict)  # AFNOConfig overrides
+    best_track: str | None = "auto"
+    device: str = "auto"
+    # CPU threads for the analogue: its FFTs are tiny, where extra threads only add
+    # contention (measured 30x slower with 2 threads on a loaded 2-core machine)
+    threads: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("analogue", "era5"):
+            raise ValueError(f"mode must be 'analogue' or 'era5', got {self.mode!r}")
+        if self.members < 3:
+            raise ValueError(f"members must be >= 3 (an ellipse needs 3), got {self.members}")
+        if self.forecast_days < 1:
+            raise ValueError(f"forecast_days must be >= 1, got {self.forecast_days}")
+        days = list(self.obs_days)
+        if len(days) < 1 or days != sorted(set(days)):
+            raise ValueError(f"obs_days must be distinct and increasing, got {days}")
+        if days[-1] != 0:
+            raise ValueError(f"obs_days must end on Day 0 (the analysis time), got {days}")
+        if not 0 < self.quantile < 1:
+            raise ValueError(f"quantile must lie in (0, 1), got {self.quantile}")
+        if self.filter_error not in ("diagonal", "full"):
+            raise ValueError("filter_error must be 'diagonal' or 'full', "
+                             f"got {self.filter_error!r}")
+        if self.parareal_mode not in ("batched", "distributed", "serial"):
+            raise ValueError(f"parareal_mode must be batched/distributed/serial, "
+                             f"got {self.parareal_mode!r}")
+        datetime.fromisoformat(self.day0)
+
+    @property
+    def day0_time(self) -> datetime:
+        return datetime.fromisoformat(self.day0)
+
+    def obs_times(self) -> list[datetime]:
+        return [self.day0_time + timedelta(days=d) for d in self.obs_days]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LeeConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(names)}")
+        v = dict(values)
+        for key in ("obs_days", "first_guess"):
+            if key in v:
+                v[key] = tuple(v[key])
+        if "analogue_model" in v:
+            v["analogue_model"] = {**ANALOGUE_MODEL, **v["analogue_model"]}
+        return cls(**v)
+
+
+def _device(cfg: LeeConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _ensf(cfg: LeeConfig, group: Any = None):
+    from da.filters.ensf import EnSF
+
+    parareal = None
+    sampler = cfg.ensf_sampler
+    if cfg.parareal_slices > 0:
+        from da.parareal import ParallelConfig
+
+        sampler = "ode"
+        parareal = ParallelConfig(n_slices=cfg.parareal_slices, mode=cfg.parareal_mode,
+                                  slice_group=group)
+    return EnSF(score=cfg.ensf_score, sampler=sampler, steps=cfg.ensf_steps,
+                eps_a=cfg.ensf_eps_a, inflation=cfg.ensf_inflation, parareal=parareal,
+                standardise=cfg.ensf_standardise, progress=cfg.progress)
+
+
+def _steps(model, span: timedelta, what: str) -> int:
+    n = span / model.dt
+    if abs(n - round(n)) > 1e-9 or round(n) < 1:
+        raise ValueError(f"{what}: {span} is not a positive multiple of the model step {model.dt}")
+    return int(round(n))
+
+
+def _cycle(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None, *,
+           checkpoint: bool = True) -> dict[str, Any]:
+    """Day -3 ensemble from the observations, then forecast/EnSF-analysis cycles to Day 0
+    through :func:`da.cycle.run_cycle`, checkpointed after every analysis (the file name
+    carries a hash of the configuration, so another set-up never resumes from it)."""
+    from da.cycle import run_cycle
+    from experiments.checkpoint import FileCheckpointer
+    from observations.operators import Identity
+
+    y = obs.y.to(device)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+    pert = obs.error.sample((cfg.members, *y.shape[1:]), generator=gen, dtype=y.dtype)
+    ens = y[0][None] + pert.to(device)
+    gaps = {obs.times[k] - obs.times[k - 1] for k in range(1, len(obs.times))}
+    if len(gaps) > 1:
+        raise ValueError(f"obs_days must be evenly spaced, got {list(cfg.obs_days)}")
+    if not gaps:  # Day 0 only: the "cycle" is the analysis of the initial ensemble
+        return {"ensemble": ens, "log": []}
+    n = _steps(model, gaps.pop(), "obs_days")
+    fp = cycle_io.fingerprint(cfg.to_dict())
+    ds = run_cycle(model, _ensf(cfg, group), Identity(obs.filter_error), ens,
+                   n_cycles=len(obs.times) - 1, observations=lambda k, _truth: y[k],
+                   steps_per_cycle=n, seed=cfg.seed + 100,
+                   checkpointer=FileCheckpointer(ckpt_dir / f"cycle-{fp}.pt") if checkpoint
+                   else None,
+                   progress=cfg.progress)
+    ens = torch.as_tensor(ds["ensemble"].values).to(device)
+    log = [{"time": obs.times[k].isoformat(),
+            **{m: float(ds[m].values[k - 1]) for m in ("spread_f", "spread_a", "obs_rmse_f",
+                                                         "obs_rmse_a")}}
+           for k in range(1, len(obs.times))]
+    truth0 = obs.truth[-1].to(device)
+    log[-1]["analysis_rmse_vs_truth"] = float((ens.mean(0) - truth0).square().mean().sqrt())
+    log[-1]["obs_rmse_vs_truth"] = float((y[-1] - truth0).square().mean().sqrt())
+    return {"ensemble": ens, "log": log}
+
+
+def _forecast_tracks(cfg: LeeConfig, model, ens: torch.Tensor, first_guess, steps: int):
+    """Forecast all members ``steps`` steps as one batch, tracking at every step."""
+    from tqdm import tqdm
+
+    names = list(model.variables)
+    idx = [names.index(v) for v in TRACK_VARIABLES]
+    tracker = StormTracker(model.lat, model.lon, first_guess, ens.shape[0],
+                           hours_per_step=model.dt / timedelta(hours=1),
+                           config=_tracker_config(cfg))
+    x = ens
+    tracker.update(*(x[:, i] for i in idx))
+    with torch.no_grad():
+        for _ in tqdm(range(steps), desc="forecast", disable=not cfg.progress, leave=False):
+            x = model.step(x)
+            tracker.update(*(x[:, i] for i in idx))
+    return tracker.result()
+
+
+def _tracker_config(cfg: LeeConfig) -> TrackerConfig:
+    return TrackerConfig(vorticity_threshold=cfg.vorticity_threshold,
+                         max_displacement_km=cfg.max_displacement_km)
+
+
+def lead_day_metrics(ens_tracks: dict[str, tuple[np.ndarray, np.ndarray]],
+                     truth: tuple[np.ndarray, np.ndarray], days: list[int],
+                     quantile: float) -> list[dict[str, Any]]:
+    """Per lead day: mean-position error, ellipse area, truth inside, spread (km)."""
+    rows = []
+    for j, day in enumerate(days):
+        row: dict[str, Any] = {"day": int(day)}
+        for key, (lat, lon) in ens_tracks.items():
+            e = ensemble_ellipse(lat[:, j], lon[:, j], quantile=quantile)
+            err = float(great_circle_km(e.lat, e.lon, truth[0][j], truth[1][j]))
+            dist = great_circle_km(lat[:, j], lon[:, j], e.lat, e.lon)
+            row[f"{key}_mean_error_km"] = err
+            row[f"{key}_ellipse_area_km2"] = e.area_km2
+            row[f"truth_in_{key}_ellipse"] = bool(e.contains(truth[0][j], truth[1][j]))
+            spread = float(np.sqrt(np.nanmean(dist**2))) if e.n_members else math.nan
+            row[f"{key}_spread_km"] = spread
+            row[f"{key}_tracked_members"] = int(e.n_members)
+        rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Synthetic observations with the truth they perturb (for diagnostics only)."""
+
+    y: torch.Tensor  # (time, variable, lat, lon)
+    truth: torch.Tensor
+    error: Any  # the true error model (draws for observations and ensembles)
+    filter_error: Any  # the R the filter assumes
+    times: list[datetime]
+    synthetic: Any  # observations.synthetic.SyntheticObservations (netCDF writer)
+
+
+@dataclass(frozen=True)
+class LeeInputs:
+    model: Any
+    observations: Observations
+    truth_track: tuple[np.ndarray, np.ndarray]  # (lat, lon) every model step, Day 0..F
+    first_guess: tuple[float, float]
+    best_daily: tuple[np.ndarray, np.ndarray] | None  # Day 0..F, NaN where absent
+
+
+_Track = tuple[np.ndarray, np.ndarray]  # (lat, lon)
+
+
+def _analogue_truth(cfg: LeeConfig, model, spd: int
+                    ) -> tuple[torch.Tensor, _Track, tuple[float, float], _Track | None]:
+    """(truth at the observation times, truth track Day 0..F, first guess, no best track)
+    from one run of the analogue, started from the vortex on the first observation day."""
+    from models.barotropic import vortex_state
+
+    variables = list(model.variables)
+    obs_times = cfg.obs_times()
+    x = vortex_state(model, cfg.vortex_lat, cfg.vortex_lon, vmax=cfg.vortex_vmax,
+                     rmax=cfg.vortex_rmax_km * 1e3)
+    tracker = StormTracker(model.lat, model.lon, (cfg.vortex_lat, cfg.vortex_lon), 1,
+                           hours_per_step=model.dt / timedelta(hours=1),
+                           config=_tracker_config(cfg))
+    n_total = (cfg.forecast_days - cfg.obs_days[0]) * spd
+    truth_obs, idx = [], [variables.index(v) for v in TRACK_VARIABLES]
+    obs_steps = {(t - obs_times[0]) // model.dt for t in obs_times}
+    with torch.no_grad():
+        for k in range(n_total + 1):
+            if k:
+                x = model.step(x)
+            if k in obs_steps:
+                truth_obs.append(x[0])
+            tracker.update(*(x[:, i] for i in idx))
+    track = tracker.result()
+    day0 = -cfg.obs_days[0] * spd
+    t_lat, t_lon = track.lat[0, day0:], track.lon[0, day0:]
+    if not np.all(np.isfinite(t_lat)):
+        lost = int(np.flatnonzero(~np.isfinite(t_lat))[0])
+        raise ValueError(f"the analogue truth storm is lost {lost * model.dt} after Day 0; "
+                         "enlarge analogue_model's box or shorten forecast_days")
+    return torch.stack(truth_obs), (t_lat, t_lon), (float(t_lat[0]), float(t_lon[0])), None
+
+
+def _era5_truth(cfg: LeeConfig, model, spd: int, default_best_track: Path
+                ) -> tuple[torch.Tensor, _Track, tuple[float, float], _Track | None]:
+    """(truth at the observation times, truth track Day 0..F, first guess, daily best
+    track or None) from ERA5, the truth track found by tracking ERA5 itself."""
+    from models import check_grid
+
+    track_times = [cfg.day0_time + k * model.dt for k in range(cfg.forecast_days * spd + 1)]
+    truth, coords = _load_era5(cfg, cfg.obs_times(), list(model.variables))
+    try:
+        check_grid(model, torch.tensor(np.array(coords["lat"])),
+                   torch.tensor(np.array(coords["lon"])))
+    except ValueError as exc:
+        raise ValueError(f"--era5 {cfg.era5} does not match the model grid: {exc}") from exc
+    fields, _ = _load_era5(cfg, track_times, TRACK_VARIABLES)
+    best_all = _best_track(cfg, default_best_track, track_times)
+    first_guess = cfg.first_guess
+    if best_all is not None and np.isfinite(best_all[0][0]):
+        first_guess = (float(best_all[0][0]), float(best_all[1][0]))
+    tracker = StormTracker(model.lat, model.lon, first_guess, 1,
+                           hours_per_step=model.dt / timedelta(hours=1),
+                           config=_tracker_config(cfg))
+    for k in range(fields.shape[0]):
+        tracker.update(*(fields[k:k + 1, i] for i in range(3)))
+    track = tracker.result()
+    t_lat, t_lon = track.lat[0], track.lon[0]
+    if not np.isfinite(t_lat[0]):
+        raise ValueError(f"no storm found in ERA5 within {cfg.max_displacement_km} km of "
+                         f"the first guess {first_guess} at Day 0")
+    best = None if best_all is None else (best_all[0][::spd], best_all[1][::spd])
+    return truth, (t_lat, t_lon), (float(t_lat[0]), float(t_lon[0])), best
+
+
+def _observations(cfg: LeeConfig, model, truth: torch.Tensor) -> Observations:
+    """The truth plus correlated error draws, and the R the filter is told."""
+    from observations.synthetic import default_error, make_observations
+
+    variables = list(model.variables)
+    obs_times = cfg.obs_times()
+    error = default_error(variables, model.lat, model.lon,
+                          length_scale_km=cfg.error_length_scale_km,
+                          std={v: s * cfg.error_scale for v, s in _default_std(variables).items()})
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    syn = make_observations(truth.cpu(), obs_times, variables=variables, lat=model.lat,
+                            lon=model.lon, error=error, generator=gen)
+    filter_error = error
+    if cfg.filter_error == "diagonal":
+        from observations.errors import DiagonalError
+
+        filter_error = DiagonalError(error.std)
+    return Observations(y=syn.y, truth=truth.cpu(), error=error, filter_error=filter_error,
+                        times=obs_times, synthetic=syn)
+
+
+def prepare_inputs(cfg: LeeConfig, default_best_track: Path) -> LeeInputs:
+    """Model, truth, observations and reference tracks; every input is checked here,
+    before anything is written."""
+    model = _load_model(cfg)
+    spd = _steps(model, timedelta(days=1), "day")
+    missing_track = [v for v in TRACK_VARIABLES if v not in model.variables]
+    if missing_track:
+        raise ValueError(f"model {cfg.model!r} lacks {missing_track}, which the tracker needs")
+    if cfg.mode == "analogue":
+        truth, track, first_guess, best = _analogue_truth(cfg, model, spd)
+    else:
+        truth, track, first_guess, best = _era5_truth(cfg, model, spd, default_best_track)
+    return LeeInputs(model, _observations(cfg, model, truth), track, first_guess, best)
+
+
+def _default_std(variables) -> dict[str, float]:
+    from observations.synthetic import DEFAULT_ERROR_STD
+
+    unknown = [v for v in variables if v not in DEFAULT_ERROR_STD]
+    if unknown:
+        raise ValueError(f"no default observation-error std for {unknown}")
+    return {v: DEFAULT_ERROR_STD[v] for v in variables}
+
+
+def distributed_group(cfg: LeeConfig):
+    """(slice group, rank) for Parareal across ranks; (None, 0) otherwise."""
+    if cfg.parareal_slices <= 0 or cfg.parareal_mode != "distributed":
+        return None, 0
+    from da import distributed
+
+    ctx = distributed.init()
+    grid = distributed.make_grid(shard_size=1, n_slices=cfg.parareal_slices)
+    return grid.slice_group, ctx.rank
+
+
+def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
+    """Run the study into ``out``; returns the metrics (also in out/metrics.json)."""
+    t_start = time.perf_counter()
+    out = Path(out)
+    inputs = prepare_inputs(cfg, DEFAULT_BEST_TRACK)  # validates before writing
+    device = _device(cfg)
+    group, rank = distributed_group(cfg)
+    writer = rank == 0
+    if writer:
+        begin_run(out, cfg)
+    model = inputs.model.to(device)
+    obs = inputs.observations
+    cyc = _cycle(cfg, model, obs, out / "checkpoints", device, group, checkpoint=writer)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
+    y0 = obs.y[-1].to(device)
+    baseline = y0[None] + obs.error.sample((cfg.members, *y0.shape), generator=gen,
+                                           dtype=y0.dtype).to(device)
+    spd = _steps(model, timedelta(days=1), "day")
+    both = torch.cat([baseline, cyc["ensemble"]])
+    tracks = _forecast_tracks(cfg, model, both, inputs.first_guess, cfg.forecast_days * spd)
+    m = cfg.members
+    days = list(range(1, cfg.forecast_days + 1))
+    daily = slice(0, None, spd)
+    ens_tracks = {"baseline": (tracks.lat[:m, daily], tracks.lon[:m, daily]),
+                  "ensf": (tracks.lat[m:, daily], tracks.lon[m:, daily])}
+    truth_daily = (inputs.truth_track[0][daily], inputs.truth_track[1][daily])
+    lead = lead_day_metrics({k: (a[:, 1:], o[:, 1:]) for k, (a, o) in ens_tracks.items()},
+                            (truth_daily[0][1:], truth_daily[1][1:]), days, cfg.quantile)
+    metrics = {"lead_days": lead, "cycle": cyc["log"], "quantile": cfg.quantile,
+               "mode": cfg.mode, "members": m,
+               "truth_day0": [float(truth_daily[0][0]), float(truth_daily[1][0])],
+               "wall_seconds": time.perf_counter() - t_start}
+    if writer:
+        write_outputs(out, cfg, obs, baseline, cyc["ensemble"], tracks, inputs, spd, metrics)
+        best = inputs.best_daily
+        plot_track_uncertainty(
+            {"Baseline": (ens_tracks["baseline"][0][:, 1:], ens_tracks["baseline"][1][:, 1:]),
+             "EnSF": (ens_tracks["ensf"][0][:, 1:], ens_tracks["ensf"][1][:, 1:])},
+            days, out / "tracks",
+            truth=(truth_daily[0][1:], truth_daily[1][1:]),
+            best_track=None if best is None else (best[0][1:], best[1][1:]),
+            quantile=cfg.quantile,
+            title=f"Lee ({cfg.mode}): {m} members, Day 0 = {cfg.day0}")
+        metrics["wall_seconds"] = time.perf_counter() - t_start
+        finish_run(out, metrics)
+    return metrics
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tfda lee", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--analogue", action="store_true", help="barotropic analogue (default)")
+    src.add_argument("--era5", metavar="PATH", help="ERA5 from `tfda era5` (file or directory)")
+    p.add_argument("--weights", metavar="DIR", help="FourCastNet weights directory")
+    p.add_argument("--model", help="registered model name (default: barotropic/fourcastnet)")
+    p.add_argument("--config", metavar="TOML",
+                   help="LeeConfig overrides ([lee] table or top level)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/lee_<mode>)")
+    for name, typ in (("members", int), ("ensf-steps", int), ("forecast-days", int),
+                      ("seed", int), ("parareal-slices", int)):
+        p.add_argument(f"--{name}", type=typ)
+    p.add_argument("--parareal-mode", choices=("batched", "distributed", "serial"))
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def config_from_args(argv: list[str] | None) -> tuple[LeeConfig, Path]:
+    args = _parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: {path} not found")
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+        values.update(data.get("lee", data))
+    if args.era5:
+        values.update(mode="era5", era5=args.era5)
+        values.setdefault("model", "fourcastnet")
+    if args.weights:
+        values["weights"] = args.weights
+    for key in ("model", "members", "ensf_steps", "forecast_days", "seed", "parareal_slices",
+                "parareal_mode", "device"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if args.no_progress:
+        values["progress"] = False
+    cfg = LeeConfig.from_dict(values)
+    out = Path(args.out) if args.out else REPO_ROOT / "runs" / f"lee_{cfg.mode}"
+    return cfg, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, out = config_from_args(argv)
+        if cfg.mode == "analogue" and _device(cfg).type == "cpu" and cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        metrics = run(cfg, out)
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"tfda lee: error: {msg}", file=sys.stderr)
+        return 2
+    print(json.dumps(_json_safe(metrics["lead_days"][-1]), indent=1))
+    print(f"run directory: {out}  ({metrics['wall_seconds']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

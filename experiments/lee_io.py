@@ -1,0 +1,206 @@
+"""Input and output of the Hurricane Lee study (experiments.hurricane_lee).
+
+Reading: the forecast model and its weights, ERA5 fields (a prepared file or a
+directory of CDS downloads) and the ATCF best track. Writing: the run directory
+(config.json, analyses.nc, tracks.nc, metrics.json and, last, COMPLETE), every
+file atomically so an interrupted run never leaves a truncated one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from experiments.hurricane_lee import LeeConfig, LeeInputs, Observations
+
+
+def _load_model(cfg: LeeConfig):
+    import models
+
+    if cfg.model not in models.available():
+        known = ", ".join(models.available())
+        raise ValueError(f"unknown model {cfg.model!r}; registered: {known}")
+    if cfg.mode == "analogue":
+        if cfg.model != "barotropic":
+            raise ValueError(f"--analogue needs the 'barotropic' model (a vortex initial "
+                             f"state), got {cfg.model!r}")
+        from models.barotropic import BarotropicConfig
+
+        return models.load("barotropic", config=BarotropicConfig(**cfg.analogue_model))
+    if not cfg.weights:
+        raise FileNotFoundError("--weights DIR is required with --era5 (FourCastNet weights: "
+                                "backbone.ckpt, global_means.npy, global_stds.npy)")
+    wdir = Path(cfg.weights)
+    need = [wdir / n for n in ("backbone.ckpt", "global_means.npy", "global_stds.npy")]
+    missing = [str(p) for p in need if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--weights {wdir}: missing {', '.join(missing)}")
+    kwargs: dict[str, Any] = {"weights": wdir}
+    if cfg.afno:
+        from models.fourcastnet import AFNOConfig
+
+        afno = dict(cfg.afno)
+        for key in ("img_size",):
+            if key in afno:
+                afno[key] = tuple(afno[key])
+        kwargs["config"] = AFNOConfig(**afno)
+    return models.load(cfg.model, **kwargs)
+
+
+def _load_prepared(path: Path, times: list[datetime], channels) -> tuple[torch.Tensor, dict]:
+    """``times`` x ``channels`` from a file written by ``tfda era5 prepare``."""
+    from observations import era5
+
+    data, coords = era5.load_prepared(path)
+    have = np.asarray(coords["time"], dtype="datetime64[ns]")
+    want = np.array([np.datetime64(t, "ns") for t in times])
+    absent = [str(t)[:16] for t in want if t not in have]
+    if absent:
+        raise ValueError(f"no data at times {absent} (file covers "
+                         f"{str(have.min())[:16]} .. {str(have.max())[:16]})")
+    names = list(coords["channel"])
+    lacking = [c for c in channels if c not in names]
+    if lacking:
+        raise ValueError(f"lacks channels {lacking}")
+    rows = [int(np.flatnonzero(have == t)[0]) for t in want]
+    data = data[rows][:, [names.index(c) for c in channels]]
+    return data, coords
+
+
+def _load_era5(cfg: LeeConfig, times: list[datetime], channels) -> tuple[torch.Tensor, dict]:
+    """(time, channel, lat, lon) at ``times`` from a prepared file or a CDS directory."""
+    from observations import era5
+
+    path = Path(cfg.era5 or "")
+    if not path.exists():
+        raise FileNotFoundError(f"--era5 {path}: not found (prepare it with `tfda era5`)")
+    try:
+        if path.is_file():
+            return _load_prepared(path, times, channels)
+        return era5.load_era5(path, times, channels=tuple(channels))
+    except ValueError as exc:
+        raise ValueError(f"--era5 {path}: {exc}") from exc
+
+
+def _best_track(cfg: LeeConfig, default: Path, times: list[datetime]):
+    if cfg.best_track in (None, "none") or cfg.mode == "analogue":
+        return None
+    path = default if cfg.best_track == "auto" else Path(cfg.best_track)
+    if not path.is_file():
+        if cfg.best_track == "auto":
+            return None  # optional: the shared data are not part of the repository
+        raise FileNotFoundError(f"best_track: {path} not found")
+    from observations.besttrack import read_atcf
+
+    bt = read_atcf(path)
+    out = np.full((2, len(times)), np.nan)
+    for j, t in enumerate(times):
+        try:
+            row = bt.at(t)
+        except KeyError:
+            continue
+        out[:, j] = row["lat"], row["lon"] % 360.0
+    return out[0], out[1]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_dataset(ds, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def begin_run(out: Path, cfg: LeeConfig) -> None:
+    """Un-mark a previous run first, so a half-written directory never looks complete."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "COMPLETE").unlink(missing_ok=True)
+    _write_text(out / "config.json", json.dumps(_json_safe(cfg.to_dict()), indent=1))
+
+
+def _analyses_dataset(cfg: LeeConfig, model, obs: Observations, baseline, ensf):
+    """The two Day 0 ensembles and the Day 0 truth."""
+    import xarray as xr
+
+    dims = ("member", "variable", "lat", "lon")
+    coords = {"variable": np.array(model.variables, dtype=object),
+              "lat": ("lat", model.lat.cpu().numpy(), {"units": "degrees_north"}),
+              "lon": ("lon", model.lon.cpu().numpy(), {"units": "degrees_east"})}
+    return xr.Dataset(
+        {"baseline": (dims, baseline.cpu().numpy(), {"long_name": "Day 0 observations + "
+                                                     "observation-error draws"}),
+         "ensf": (dims, ensf.cpu().numpy(), {"long_name": "Day 0 EnSF analysis ensemble"}),
+         "truth": (dims[1:], obs.truth[-1].cpu().numpy(), {"long_name": "Day 0 truth"})},
+        coords=coords, attrs={"Conventions": "CF-1.8", "day0": cfg.day0, "mode": cfg.mode})
+
+
+def _tracks_dataset(cfg: LeeConfig, tracks, inputs: LeeInputs, spd: int):
+    """Member, truth and best tracks, every model step (``*_6h``) and daily."""
+    import xarray as xr
+
+    m = cfg.members
+    hours = np.arange(tracks.lat.shape[1]) * (inputs.model.dt / timedelta(hours=1))
+    days = np.arange(cfg.forecast_days + 1)
+    data = {}
+    for key, rows in (("baseline", slice(0, m)), ("ensf", slice(m, 2 * m))):
+        for var in ("lat", "lon", "msl_min"):
+            arr = getattr(tracks, var)[rows]
+            data[f"{key}_{var}_6h"] = (("member", "lead_hours"), arr)
+            data[f"{key}_{var}"] = (("member", "day"), arr[:, ::spd])
+    data["truth_lat"] = ("day", inputs.truth_track[0][::spd])
+    data["truth_lon"] = ("day", inputs.truth_track[1][::spd])
+    data["truth_lat_6h"] = ("lead_hours", inputs.truth_track[0])
+    data["truth_lon_6h"] = ("lead_hours", inputs.truth_track[1])
+    if inputs.best_daily is not None:
+        data["best_lat"], data["best_lon"] = ("day", inputs.best_daily[0]), ("day",
+                                                                            inputs.best_daily[1])
+    return xr.Dataset(data, coords={"day": days, "lead_hours": hours},
+                      attrs={"Conventions": "CF-1.8", "day0": cfg.day0,
+                             "note": "NaN where the tracker lost the storm"})
+
+
+def write_outputs(out: Path, cfg: LeeConfig, obs: Observations, baseline, ensf, tracks,
+                  inputs: LeeInputs, spd: int, metrics: dict[str, Any]) -> None:
+    obs.synthetic.to_netcdf(out / "observations.nc")
+    _write_dataset(_analyses_dataset(cfg, inputs.model, obs, baseline, ensf),
+                   out / "analyses.nc")
+    _write_dataset(_tracks_dataset(cfg, tracks, inputs, spd), out / "tracks.nc")
+    _write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1))
+
+
+def finish_run(out: Path, metrics: dict[str, Any]) -> None:
+    """Update metrics (final wall time), drop the checkpoints, write COMPLETE last."""
+    import shutil
+
+    _write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    _write_text(out / "COMPLETE", json.dumps({"finished": datetime.now().isoformat(),
+                                              "files": files}, indent=1))

@@ -1,0 +1,1 @@
+"""Declarative experiment settings (DAPPER style: each names its expected result)."""

@@ -1,0 +1,27 @@
+"""Smoke run of the Lorenz-96 twin experiment script (a few dozen cycles)."""
+
+import json
+
+from experiments.l96_twin import main
+
+
+def test_letkf_smoke_writes_results(tmp_path):
+    out = tmp_path / "run"
+    assert main(["sakov2008", "--filter", "letkf", "--out", str(out), "--cycles", "30",
+                 "--burn-in", "10", "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    for key in ("setting", "filter", "cycles", "burn_in", "rmse_a", "spread_a",
+                "seconds_per_cycle", "filter_settings"):
+        assert key in res
+    assert res["setting"] == "sakov2008" and res["cycles"] == 30
+    assert res["filter_settings"]["radius"] == 4.0
+    assert 0 < res["rmse_a"] < 0.6  # obs error std is 1; a working LETKF is far below
+    assert (out / "metrics.nc").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_ensf_smoke_both_filters_table(tmp_path, capsys):
+    assert main(["ensf-arctan", "--out", str(tmp_path), "--cycles", "3", "--burn-in", "1",
+                 "--set", "steps=5", "--filter", "ensf", "--no-progress"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["filter_settings"]["steps"] == 5 and res["nx"] == 100
+    assert "ensf-arctan" in capsys.readouterr().out
