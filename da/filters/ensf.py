@@ -26,7 +26,6 @@ says how many.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -263,11 +262,6 @@ class EnSF:
             z = _sampler.sample_sde(score, z, timesteps, schedule, generator=generator,
                                     progress=self.progress)
         else:
-            kwargs: dict[str, Any] = {}
-            if self.parareal is not None:
-                if "parareal" not in inspect.signature(_sampler.sample_ode).parameters:
-                    raise ValueError("this da.sampler.sample_ode has no parareal option")
-                kwargs["parareal"] = self.parareal
             z = _sampler.sample_ode(score, z, timesteps, schedule, method=self.ode_method,
-                                    progress=self.progress, **kwargs)
+                                    progress=self.progress, parareal=self.parareal)
         return (z.detach() * sd + mu).reshape(m, *state_shape)

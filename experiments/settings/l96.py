@@ -2,7 +2,7 @@
 
 ``expected_rmse_a`` holds, per filter, the time-averaged analysis RMSE that
 ``python -m experiments.l96_twin NAME --filter F`` reached when the setting was
-tuned (docs/sections/filters.md gives the commands); the published target is
+tuned (the README's "Twin experiments" section gives the commands); the published target is
 quoted in ``reference``.
 """
 

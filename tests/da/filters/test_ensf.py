@@ -1,7 +1,6 @@
 """EnSF: linear-Gaussian posterior against the Kalman filter and against a
 semi-analytic reference of the same sampler, masking, shapes, seeding, bad input."""
 
-import inspect
 import math
 import warnings
 
@@ -9,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from da import sampler as da_sampler
 from da.filters import EnSF, MaskedObservationWarning
+from da.parareal import ParallelConfig
 from observations.operators import Identity, Subset
 
 
@@ -121,10 +120,7 @@ def test_bad_input():
             EnSF(**bad)
 
 
-@pytest.mark.skipif("parareal" not in inspect.signature(da_sampler.sample_ode).parameters,
-                    reason="da.sampler.sample_ode has no parareal option yet")
 def test_parareal_passthrough_matches_serial_ode():
-    from da.parareal import ParallelConfig  # noqa: PLC0415 - only when it exists
 
     prior = _gaussian_prior(6, 4, 0.0, 1.0, seed=8)
     y = torch.zeros(4, dtype=torch.float64)
