@@ -18,16 +18,6 @@ from models.barotropic import (
 )
 from models.base import ForecastModel, check_state, rollout
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These grids are tiny: one thread avoids OpenMP spin-waiting on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CALM = {"steering_u_south": 0.0, "steering_u_north": 0.0, "steering_v": 0.0}
 
 
