@@ -22,7 +22,9 @@ Three execution modes give the same iterates:
   carries its own time (ParaDiGMS, Shih et al. 2023). This needs a *row-wise*
   score: row r of ``score(z, t)`` depends only on row r of ``z`` and ``t[r]``.
   :func:`da.score.mixture_score`, :func:`da.score.paired_score` and the EnSF
-  posterior score are row-wise.
+  posterior score are row-wise. On CPU the active slices go in groups of at most
+  :data:`CPU_BATCH_BYTES` of state per call (see there); other devices take them
+  all in one call.
 * ``distributed``: slice i lives on rank i of ``slice_group``; fine solves run in
   parallel and the coarse sweep is a chain in which rank i receives U_i from rank
   i-1 and sends U_{i+1} to rank i+1. With a feature-sharded state, each rank holds
@@ -50,6 +52,18 @@ from da.schedule import Schedule
 
 Mode = Literal["serial", "batched", "distributed"]
 MODES = ("serial", "batched", "distributed")
+
+# Batched mode on CPU: glibc's malloc serves blocks above its mmap threshold (at most
+# 32 MiB on 64-bit) with a fresh mmap and unmaps them on free, and trims the heap top
+# once more than twice the threshold is free there; every state-sized temporary of a
+# larger batch (the score's, the ODE step's) is then page-faulted in afresh. At
+# d = 1e5, N = 20, 8 slices (128 MB a batch) the kernel took more time than the
+# score and a batched fine evaluation cost 2x a serial one. The batched fine solve
+# therefore runs over consecutive groups of slices holding at most this many bytes
+# of state (at least one slice a group), where the allocator reuses its memory. The
+# iterates and evaluation counts do not depend on the grouping (the score is
+# row-wise). Other devices (CUDA's caching allocator) take all slices in one call.
+CPU_BATCH_BYTES = 16 << 20
 
 
 class Propagator(Protocol):
@@ -275,6 +289,14 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().max().to(torch.float64)
 
 
+def _batch_groups(active: range, z: torch.Tensor) -> list[range]:
+    """The active slices in consecutive groups, one batched fine call each."""
+    if z.device.type != "cpu":
+        return [active]
+    per = max(1, CPU_BATCH_BYTES // max(1, z.numel() * z.element_size()))
+    return [active[j : j + per] for j in range(0, len(active), per)]
+
+
 def _single(f_score, g_score, z, schedule, coarse, fine, fine_grids, coarse_grids,
             tol, iters, mode, slice_group, shard_group, result_on, progress):
     """Serial and batched modes: all slices in this process."""
@@ -290,13 +312,19 @@ def _single(f_score, g_score, z, schedule, coarse, fine, fine_grids, coarse_grid
     bar = tqdm(range(iters), disable=not progress, desc="Parareal", leave=False)
     for k in bar:
         active = range(k, n_c)
-        if mode == "batched" and len(active) > 1:
-            stacked = torch.cat([u[i] for i in active], dim=0)
-            grid = torch.stack([fine_grids[i] for i in active], dim=1)  # (steps+1, slices)
-            grid = grid.to(z.device).repeat_interleave(n, dim=1)
-            f_out = dict(zip(active, fine(f_score, stacked, grid, schedule).split(n), strict=True))
+        if mode == "batched":
+            groups = _batch_groups(active, z)
         else:
-            f_out = {i: fine(f_score, u[i], fine_grids[i], schedule) for i in active}
+            groups = [range(i, i + 1) for i in active]
+        f_out: dict[int, torch.Tensor] = {}
+        for group in groups:
+            if len(group) == 1:
+                f_out[group[0]] = fine(f_score, u[group[0]], fine_grids[group[0]], schedule)
+                continue
+            stacked = torch.cat([u[i] for i in group], dim=0)
+            grid = torch.stack([fine_grids[i] for i in group], dim=1)  # (steps+1, slices)
+            grid = grid.to(z.device).repeat_interleave(n, dim=1)
+            f_out.update(zip(group, fine(f_score, stacked, grid, schedule).split(n), strict=True))
         new = list(u)
         new[k + 1] = f_out[k]  # slice k starts from the exact U_k: its end is exact
         for i in range(k + 1, n_c):

@@ -144,6 +144,29 @@ def test_batched_mode_calls_the_score_once_per_fine_step_with_per_row_times(mixt
     assert info.fine_evals == 4 * per
 
 
+def test_batched_mode_on_cpu_groups_slices_by_state_bytes(mixture, monkeypatch) -> None:
+    """Above CPU_BATCH_BYTES of state the batched fine solve goes in groups of slices
+    (glibc would page-fault every large temporary afresh); same iterates and counts."""
+    import da.parareal as pr
+
+    score, z, ts = mixture
+    n = z.shape[0]
+    ref, ref_info = parareal(score, z, ts, SCHEDULE, n_slices=6, tol=1e-2, mode="serial")
+    monkeypatch.setattr(pr, "CPU_BATCH_BYTES", 2 * z.numel() * z.element_size())
+    rows: list[int] = []
+
+    def spy(zz, t):
+        rows.append(zz.shape[0])
+        return score(zz, t)
+
+    out, info = parareal(spy, z, ts, SCHEDULE, n_slices=6, tol=1e-2, mode="batched")
+    assert (out - ref).abs().max() < 1e-10
+    assert info.iterations == ref_info.iterations < 6
+    assert info.update_norms == pytest.approx(ref_info.update_norms, rel=1e-8)
+    assert (info.fine_evals, info.coarse_evals) == (ref_info.fine_evals, ref_info.coarse_evals)
+    assert max(rows) == 2 * n and 2 * n in rows  # groups of two slices, never more
+
+
 def test_sample_ode_switch(mixture) -> None:
     score, z, ts = mixture
     infos: list[PararealInfo] = []
