@@ -204,6 +204,9 @@ def mixture_score(
         _all_reduce_sum(partial, group)
     weights = torch.softmax(partial, dim=-1)
 
+    # The output pass centres each chunk again instead of keeping the centred copies:
+    # keeping them would cost O((N + M) d) memory. The mean cancels in exact arithmetic
+    # (the weights sum to one), but centring keeps float32's cancellation small.
     out = torch.empty_like(zf)
     for s in slices:
         xc, zc = centred(s)

@@ -14,11 +14,12 @@ Prints one table:
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
 
-from models.barotropic import BarotropicModel, vortex_state
+from models.barotropic import BarotropicConfig, BarotropicModel, vortex_state
 from models.base import rollout
 from models.fourcastnet import load_fourcastnet
 
@@ -81,6 +82,24 @@ def bench_fourcastnet(members: int, *, autocast: bool, repeats: int) -> tuple[fl
     return min(times), peak
 
 
+def print_beta_drift(days: int = 3) -> None:
+    """Drift of a lone vortex with no steering flow (beta drift): speed and bearing."""
+    model = BarotropicModel(
+        BarotropicConfig(steering_u_south=0.0, steering_u_north=0.0, steering_v=0.0)
+    )
+    x = vortex_state(model, 25.5, 305.5)
+    (lat0, lon0), (lat1, lon1) = (
+        vortex_centre(model, s) for s in (x, list(rollout(model, x, 4 * days))[-1])
+    )
+    radius = 6.371e6
+    east = math.radians(lon1 - lon0) * radius * math.cos(math.radians(0.5 * (lat0 + lat1)))
+    north = math.radians(lat1 - lat0) * radius
+    speed = math.hypot(east, north) / (days * 86400)
+    bearing = math.degrees(math.atan2(east, north)) % 360
+    print(f"beta drift over {days} days from 25.5N 54.5W, no steering: "
+          f"{speed:.2f} m/s towards {bearing:.0f} degrees")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench_models", description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
@@ -91,12 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-barotropic", action="store_true")
     ap.add_argument("--track", action="store_true",
                     help="also print the default analogue vortex track (1 member)")
+    ap.add_argument("--beta-drift", action="store_true",
+                    help="also print the beta drift of a lone vortex with no steering")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.members < 1 or args.days < 1:
         ap.error("--threads, --members and --days must be >= 1")
     torch.set_num_threads(args.threads)
     if args.track:
         print_track(args.days)
+    if args.beta_drift:
+        print_beta_drift()
     rows = []
     if not args.skip_barotropic:
         wall, cpu, ok = bench_barotropic(args.members, args.days, progress=not args.no_progress)

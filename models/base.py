@@ -23,18 +23,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = [
-    "ForecastModel",
-    "NormalisedModule",
-    "available",
-    "check_grid",
-    "check_state",
-    "check_variables",
-    "load",
-    "register",
-    "rollout",
-]
-
 
 @runtime_checkable
 class ForecastModel(Protocol):
