@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+
+class MaskedObservationWarning(UserWarning):
+    """Some observations were NaN and were left out of the analysis."""
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
@@ -36,3 +42,44 @@ def check_time_grid(name: str, timesteps: torch.Tensor) -> None:
             f"{name} must be strictly decreasing from 1 towards 0; "
             f"{name}[{k}] = {float(timesteps[k])} is followed by {float(timesteps[k + 1])}"
         )
+
+
+def check_ensemble(name: str, x: torch.Tensor) -> None:
+    """An ensemble needs a member dimension of at least 2 and finite values."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        raise ValueError(f"{name} must be a tensor shaped (member, ...), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    if x.shape[0] < 2:
+        raise ValueError(f"{name} has {x.shape[0]} member(s); an ensemble filter needs >= 2")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} holds non-finite values")
+
+
+def observation_mask(
+    y: torch.Tensor, hx: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check y against H(x) (member, *obs_shape) and R's std; return (y with NaN -> 0, mask).
+
+    Raises ValueError for a shape mismatch, a non-positive std, an Inf in y or
+    when nothing is observed; warns (:class:`MaskedObservationWarning`) for NaN.
+    """
+    if tuple(y.shape) != tuple(hx.shape[1:]):
+        raise ValueError(
+            f"y has shape {tuple(y.shape)} but H(x) gives {tuple(hx.shape[1:])} per member"
+        )
+    std = torch.as_tensor(std)
+    if not bool(torch.isfinite(std).all()) or bool((std <= 0).any()):
+        raise ValueError("observation error std must be finite and > 0")
+    if bool(torch.isinf(y).any()):
+        raise ValueError("y holds Inf values")
+    valid = ~torch.isnan(y)
+    n_bad = int((~valid).sum())
+    if n_bad == y.numel():
+        raise ValueError("y holds no observation: every value is NaN")
+    if n_bad:
+        warnings.warn(
+            f"{n_bad} of {y.numel()} observations are NaN and are left out",
+            MaskedObservationWarning,
+            stacklevel=3,
+        )
+    return torch.where(valid, y, torch.zeros_like(y)), valid

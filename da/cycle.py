@@ -37,7 +37,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from da.filters.ensf import check_ensemble
+from da._checks import check_ensemble
 
 METRICS = ("rmse_f", "rmse_a", "spread_f", "spread_a", "obs_rmse_f", "obs_rmse_a")
 

@@ -42,7 +42,10 @@ def make_filter(name: str, setting: L96Setting, overrides: dict[str, Any]) -> En
         opts = {**setting.letkf, **overrides}
         return LETKF(distance=periodic_distance(setting.nx), **opts)
     if name == "ensf":
-        return EnSF(**{**setting.ensf, **overrides})
+        opts = {**setting.ensf, **overrides}
+        if opts.get("radius") is not None:
+            opts["distance"] = periodic_distance(setting.nx)
+        return EnSF(**opts)
     raise ValueError(f"filter must be one of {FILTERS}, got {name!r}")
 
 

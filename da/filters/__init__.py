@@ -4,7 +4,8 @@ Both are frozen dataclasses called as ``filter(prior (M, ...), y, obs_operator)`
 (or ``filter.analysis(...)``) returning the analysis ensemble shaped like the prior.
 """
 
-from da.filters.ensf import EnSF, MaskedObservationWarning, linear_damping
+from da._checks import MaskedObservationWarning
+from da.filters.ensf import EnSF, linear_damping
 from da.filters.letkf import (
     LETKF,
     gaspari_cohn,

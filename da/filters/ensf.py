@@ -26,7 +26,6 @@ says how many.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -34,14 +33,12 @@ from typing import Any, Literal, Protocol
 import torch
 
 from da import sampler as _sampler
+from da._checks import check_ensemble, observation_mask
+from da.filters.kernel import kernel_analysis
 from da.schedule import Schedule
 from da.score import mixture_score, paired_score
 
 Damping = Callable[[Any], Any]
-
-
-class MaskedObservationWarning(UserWarning):
-    """Some observations were NaN and were left out of the analysis."""
 
 
 class _Error(Protocol):
@@ -57,47 +54,6 @@ class _Operator(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-def check_ensemble(name: str, x: torch.Tensor) -> None:
-    """An ensemble needs a member dimension of at least 2 and finite values."""
-    if not isinstance(x, torch.Tensor) or x.ndim < 2:
-        raise ValueError(f"{name} must be a tensor shaped (member, ...), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
-    if x.shape[0] < 2:
-        raise ValueError(f"{name} has {x.shape[0]} member(s); an ensemble filter needs >= 2")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} holds non-finite values")
-
-
-def observation_mask(
-    y: torch.Tensor, hx: torch.Tensor, std: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check y against H(x) (member, *obs_shape) and R's std; return (y with NaN -> 0, mask).
-
-    Raises ValueError for a shape mismatch, a non-positive std, an Inf in y or
-    when nothing is observed; warns (:class:`MaskedObservationWarning`) for NaN.
-    """
-    if tuple(y.shape) != tuple(hx.shape[1:]):
-        raise ValueError(
-            f"y has shape {tuple(y.shape)} but H(x) gives {tuple(hx.shape[1:])} per member"
-        )
-    std = torch.as_tensor(std)
-    if not bool(torch.isfinite(std).all()) or bool((std <= 0).any()):
-        raise ValueError("observation error std must be finite and > 0")
-    if bool(torch.isinf(y).any()):
-        raise ValueError("y holds Inf values")
-    valid = ~torch.isnan(y)
-    n_bad = int((~valid).sum())
-    if n_bad == y.numel():
-        raise ValueError("y holds no observation: every value is NaN")
-    if n_bad:
-        warnings.warn(
-            f"{n_bad} of {y.numel()} observations are NaN and are left out",
-            MaskedObservationWarning,
-            stacklevel=3,
-        )
-    return torch.where(valid, y, torch.zeros_like(y)), valid
-
-
 def linear_damping(t: Any) -> Any:
     """h(t) = 1 - t: no likelihood at t = 1 (pure noise), all of it at t = 0."""
     return 1.0 - t
@@ -108,12 +64,22 @@ class EnSF:
     """The EnSF analysis step; configuration only, call :meth:`analysis`.
 
     Attributes:
-        score: "mixture" (Eq. 8, softmax-weighted) or "paired" (published EnSF code).
-        damping: h(t); None means 1 - t.
+        score: "kernel" (the default: a localised Gaussian-mixture prior of bandwidth
+            ``bandwidth`` whose posterior score is exact for linear or ensemble-linearised
+            H, :mod:`da.filters.kernel`), "mixture" (Eq. 8, softmax-weighted) or "paired"
+            (the published EnSF code's estimator).
+        bandwidth: kernel only: h in (0, 1]; 1 is the Gaussian (ETKF) limit.
+        radius, distance: kernel only: localisation as for :class:`da.filters.LETKF`
+            (None = global).
+        domains_per_batch: kernel only: state components per batched local analysis.
+        damping: h(t); None means 1 - t (mixture and paired: the likelihood heuristic).
         sampler: "sde" (Euler-Maruyama, Eq. 6) or "ode" (probability flow, Eq. 9).
-        steps: number of time steps from t = 1 to ``t_end``.
+        steps: number of time steps from t = 1 to ``t_end`` (kernel: flow steps each way).
         t_end: last time of the grid (> 0).
         eps_a, eps_b: schedule offsets (da.schedule.Schedule); eps_a > 0 is needed
+            by the mixture and paired samplers. The kernel transport always uses
+            eps_a = eps_b = 0: it needs alpha_1 = 0 (prior and posterior then meet in the
+            same N(0, I) at t = 1) and beta_0 = 0, and its integrator needs no drift.
             to start at t = 1 (the EnSF code uses 0.05).
         ode_method: "euler" or "heun" for the ODE sampler.
         standardise: sample in per-component standardised coordinates
@@ -126,7 +92,11 @@ class EnSF:
         progress: tqdm bar over the sampler steps.
     """
 
-    score: Literal["mixture", "paired"] = "mixture"
+    score: Literal["kernel", "mixture", "paired"] = "kernel"
+    bandwidth: float = 0.95
+    radius: float | None = None
+    distance: Any = None
+    domains_per_batch: int = 1024
     damping: Damping | None = None
     sampler: Literal["sde", "ode"] = "sde"
     steps: int = 100
@@ -144,8 +114,16 @@ class EnSF:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.score not in ("mixture", "paired"):
-            raise ValueError(f"score must be 'mixture' or 'paired', got {self.score!r}")
+        if self.score not in ("kernel", "mixture", "paired"):
+            raise ValueError(f"score must be 'kernel', 'mixture' or 'paired', got {self.score!r}")
+        if not 0.0 < self.bandwidth <= 1.0:
+            raise ValueError(f"bandwidth must lie in (0, 1], got {self.bandwidth}")
+        if self.radius is not None and not self.radius > 0:
+            raise ValueError(f"radius must be > 0 or None, got {self.radius}")
+        if self.radius is not None and self.distance is None:
+            raise ValueError("a localisation radius needs distance= (callable or matrix)")
+        if self.domains_per_batch < 1:
+            raise ValueError(f"domains_per_batch must be >= 1, got {self.domains_per_batch}")
         if self.sampler not in ("sde", "ode"):
             raise ValueError(f"sampler must be 'sde' or 'ode', got {self.sampler!r}")
         if self.steps < 1:
@@ -174,7 +152,7 @@ class EnSF:
             value = getattr(self, name)
             if name == "damping":
                 value = "1 - t" if value is None else getattr(value, "__name__", repr(value))
-            elif name == "parareal" and value is not None:
+            elif name in ("parareal", "distance") and value is not None:
                 value = repr(value)
             out[name] = value
         return out
@@ -200,6 +178,11 @@ class EnSF:
             generator: random source (initial noise and SDE increments); if None,
                 one seeded with ``seed`` (or torch's global generator if seed is None).
         """
+        if self.score == "kernel":
+            return kernel_analysis(
+                prior_ensemble, y, obs_operator, bandwidth=self.bandwidth, steps=self.steps,
+                schedule=Schedule(), inflation=self.inflation, radius=self.radius,
+                distance=self.distance, chunk=self.domains_per_batch)
         check_ensemble("prior_ensemble", prior_ensemble)
         x0 = prior_ensemble
         m, state_shape = x0.shape[0], tuple(x0.shape[1:])

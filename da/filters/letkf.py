@@ -28,70 +28,22 @@ its marginal variances).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from da.filters.ensf import check_ensemble, observation_mask
+from da._checks import check_ensemble, observation_mask
+from da.filters.local import (
+    gaspari_cohn,
+    great_circle_distance,
+    grid_distance,
+    local_statistics,
+    periodic_distance,
+)
 
-DistanceFn = Callable[[torch.Tensor, Any], torch.Tensor]
-EARTH_RADIUS_KM = 6371.0
-_GC_SCALE = math.sqrt(10.0 / 3.0)
-
-
-def gaspari_cohn(r: torch.Tensor) -> torch.Tensor:
-    """Gaspari & Cohn (1999) Eq. (4.10), compactly supported 5th-order taper of r = dist / c."""
-    r = r.abs()
-    inner = (((-0.25 * r + 0.5) * r + 0.625) * r - 5.0 / 3.0) * r**2 + 1.0
-    outer = ((((r / 12.0 - 0.5) * r + 0.625) * r + 5.0 / 3.0) * r - 5.0) * r + 4.0
-    outer = outer - 2.0 / (3.0 * r.clamp_min(1e-12))
-    out = torch.where(r <= 1.0, inner, torch.where(r < 2.0, outer, torch.zeros_like(r)))
-    return out.clamp_min(0.0)
-
-
-def periodic_distance(n: int) -> DistanceFn:
-    """Distance on a ring of ``n`` points (Lorenz-96): min(|i - l|, n - |i - l|)."""
-
-    def distance(state_index: torch.Tensor, obs_locations: Any) -> torch.Tensor:
-        loc = torch.as_tensor(obs_locations, dtype=torch.float64, device=state_index.device)
-        d = (state_index.to(torch.float64)[:, None] - loc[None, :]).abs() % n
-        return torch.minimum(d, n - d)
-
-    return distance
-
-
-def great_circle_distance(
-    lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon2: torch.Tensor
-) -> torch.Tensor:
-    """Great-circle distance in km between points in degrees (haversine), broadcasting."""
-    p1, p2 = torch.deg2rad(lat1), torch.deg2rad(lat2)
-    dp, dl = p2 - p1, torch.deg2rad(lon2 - lon1)
-    a = torch.sin(dp / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dl / 2) ** 2
-    return 2.0 * EARTH_RADIUS_KM * torch.asin(a.clamp(0.0, 1.0).sqrt())
-
-
-def grid_distance(lat: torch.Tensor, lon: torch.Tensor) -> DistanceFn:
-    """Distance (km) from the components of a (..., lat, lon) state to observations at
-    ``obs_locations`` (p, 2) = (lat, lon) degrees; leading state axes (variables)
-    share their grid point's distance."""
-    lat = torch.as_tensor(lat, dtype=torch.float64)
-    lon = torch.as_tensor(lon, dtype=torch.float64)
-    n_grid = lat.numel() * lon.numel()
-
-    def distance(state_index: torch.Tensor, obs_locations: Any) -> torch.Tensor:
-        loc = torch.as_tensor(obs_locations, dtype=torch.float64)
-        if loc.ndim != 2 or loc.shape[1] != 2:
-            raise ValueError(f"obs locations must be (p, 2) lat/lon, got {tuple(loc.shape)}")
-        g = state_index.cpu() % n_grid
-        la, lo = lat[g // lon.numel()], lon[g % lon.numel()]
-        d = great_circle_distance(la[:, None], lo[:, None], loc[None, :, 0], loc[None, :, 1])
-        return d.to(state_index.device)
-
-    return distance
-
+__all__ = ["LETKF", "gaspari_cohn", "great_circle_distance", "grid_distance",
+           "periodic_distance"]
 
 @dataclass(frozen=True)
 class LETKF:
@@ -133,16 +85,6 @@ class LETKF:
         del generator  # deterministic
         return self.analysis(prior, y, obs_operator)
 
-    def _rho(self, rows: torch.Tensor, locations: Any, valid: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.distance, torch.Tensor):
-            d = self.distance.to(rows.device)[rows]
-        else:
-            d = self.distance(rows, locations)
-        if d.shape != (rows.numel(), valid.numel()):
-            raise ValueError(f"distance gave shape {tuple(d.shape)}, expected "
-                             f"({rows.numel()}, {valid.numel()}) state x observations")
-        return gaspari_cohn(d[:, valid] / (self.radius * _GC_SCALE))
-
     def analysis(self, prior_ensemble: torch.Tensor, y: torch.Tensor,
                  obs_operator: Any) -> torch.Tensor:
         """Analysis ensemble (M, *state_shape); NaN in y are left out (with a warning)."""
@@ -168,23 +110,13 @@ class LETKF:
         hxf = hx.reshape(m, -1)[:, valid]
         ypert = (hxf - hxf.mean(0)).T  # (p, M)
         innov = y.flatten()[valid] - hxf.mean(0)  # (p,)
-        outer = (ypert[:, :, None] * ypert[:, None, :]).reshape(-1, m * m)  # (p, M^2)
-        yd = ypert * innov[:, None]  # (p, M)
         eye = torch.eye(m, dtype=dtype, device=xb.device)
-        n = xb.shape[1]
         increment = torch.empty_like(xmean)
         xa_pert = torch.empty_like(xpert)
-        for start in range(0, n, self.chunk):
-            rows = torch.arange(start, min(start + self.chunk, n), device=xb.device)
-            if self.radius is None:
-                c = (r_inv @ outer).reshape(1, m, m).expand(rows.numel(), m, m)
-                b = (r_inv @ yd).expand(rows.numel(), m)
-            else:
-                w = self._rho(rows, locations, valid).to(dtype) * r_inv  # (chunk, p)
-                used = (w > 0).any(0)  # observations seen by this chunk only
-                w = w[:, used]
-                c = (w @ outer[used]).reshape(-1, m, m)
-                b = w @ yd[used]
+        blocks = local_statistics(ypert, innov, r_inv, xb.shape[1], radius=self.radius,
+                                  distance=self.distance, locations=locations, valid=valid,
+                                  chunk=self.chunk)
+        for rows, c, b, _ in blocks:
             a = (m - 1) / self.inflation * eye + c
             lam, q = torch.linalg.eigh(a)
             qt = q.transpose(1, 2)
