@@ -12,7 +12,8 @@ cycle k = 1..n_cycles:
    a ``generator`` keyword (EnSF, LETKF) gets the cycle's generator;
 4. metrics: rmse_f / rmse_a (ensemble mean against the truth, where there is a
    truth), spread_f / spread_a (sqrt of the mean ensemble variance), obs_rmse_f /
-   obs_rmse_a (mean of H(members) against the finite y);
+   obs_rmse_a (mean of H(members) against the finite y), crps_f / crps_a and the
+   analysis rank histogram rank_a (cycle, rank) for a twin (:mod:`da.metrics`);
 5. ``callback(k, ensemble, metrics)``; ``checkpointer.save(state)``.
 
 The result is an ``xarray.Dataset`` with the per-cycle metrics on dim ``cycle``,
@@ -38,8 +39,10 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from da._checks import check_ensemble
+from da.metrics import crps, rank_counts
 
-METRICS = ("rmse_f", "rmse_a", "spread_f", "spread_a", "obs_rmse_f", "obs_rmse_a")
+METRICS = ("rmse_f", "rmse_a", "spread_f", "spread_a", "obs_rmse_f", "obs_rmse_a",
+           "crps_f", "crps_a")
 
 
 class Checkpointer(Protocol):
@@ -84,6 +87,7 @@ def _metrics(x: torch.Tensor, truth: torch.Tensor | None, y: torch.Tensor, opera
         f"rmse_{tag}": _rmse(x.mean(0), truth[0]) if truth is not None else float("nan"),
         f"spread_{tag}": _spread(x),
         f"obs_rmse_{tag}": _rmse(hx_mean, y),
+        f"crps_{tag}": crps(x, truth[0]) if truth is not None else float("nan"),
     }
 
 
@@ -132,7 +136,7 @@ def run_cycle(
             raise ValueError(f"truth has shape {tuple(truth.shape)}, expected {state_shape}")
         truth = truth.to(ensemble)
     generator = torch.Generator(device=ensemble.device).manual_seed(seed)
-    history: dict[str, list[float]] = {name: [] for name in METRICS}
+    history: dict[str, list[Any]] = {name: [] for name in (*METRICS, "rank_a")}
     start = 1
     if checkpointer is not None and (state := checkpointer.load()) is not None:
         if state.get("n_cycles_total", n_cycles) > n_cycles or state["cycle"] > n_cycles:
@@ -180,6 +184,8 @@ def run_cycle(
         ensemble = xa.detach()
         for name in METRICS:
             history[name].append(metrics[name])
+        if truth is not None:
+            history["rank_a"].append(rank_counts(xa, truth[0]).tolist())
         if callback is not None:
             callback(k, ensemble, metrics)
         if checkpointer is not None:
@@ -191,12 +197,14 @@ def run_cycle(
     return _dataset(history, ensemble, truth)
 
 
-def _dataset(history: dict[str, list[float]], ensemble: torch.Tensor,
+def _dataset(history: dict[str, list[Any]], ensemble: torch.Tensor,
              truth: torch.Tensor | None) -> xr.Dataset:
     n = len(history["rmse_a"])
     dims = ["member"] + [f"s{i}" for i in range(ensemble.ndim - 1)]
-    data: dict[str, Any] = {name: ("cycle", np.asarray(v, dtype=np.float64))
-                            for name, v in history.items()}
+    data: dict[str, Any] = {name: ("cycle", np.asarray(history[name], dtype=np.float64))
+                            for name in METRICS}
+    if history["rank_a"]:
+        data["rank_a"] = (("cycle", "rank"), np.asarray(history["rank_a"], dtype=np.int64))
     data["ensemble"] = (dims, ensemble.detach().cpu().numpy())
     if truth is not None:
         data["truth"] = (dims[1:], truth[0].detach().cpu().numpy())
@@ -204,4 +212,7 @@ def _dataset(history: dict[str, list[float]], ensemble: torch.Tensor,
     ds["rmse_a"].attrs["long_name"] = "RMSE of the analysis ensemble mean against the truth"
     ds["spread_a"].attrs["long_name"] = "sqrt of the mean analysis ensemble variance"
     ds["obs_rmse_a"].attrs["long_name"] = "RMSE of mean H(x_a) against the observations"
+    ds["crps_a"].attrs["long_name"] = "CRPS of the analysis ensemble, mean over components"
+    if "rank_a" in ds:
+        ds["rank_a"].attrs["long_name"] = "counts of the truth's rank among the analysis members"
     return ds

@@ -29,20 +29,22 @@ import torch
 
 from da.cycle import run_cycle
 from da.filters import LETKF, EnSF, periodic_distance
+from da.metrics import rank_flatness
 from experiments.checkpoint import FileCheckpointer
 from experiments.settings.l96 import SETTINGS, L96Setting
 from models.lorenz96 import Lorenz96
 from observations.operators import Arctan, Identity
 
-FILTERS = ("ensf", "letkf")
+FILTERS = ("ensf", "ensf-published", "letkf")
 
 
 def make_filter(name: str, setting: L96Setting, overrides: dict[str, Any]) -> EnSF | LETKF:
     if name == "letkf":
         opts = {**setting.letkf, **overrides}
         return LETKF(distance=periodic_distance(setting.nx), **opts)
-    if name == "ensf":
-        opts = {**setting.ensf, **overrides}
+    if name in ("ensf", "ensf-published"):
+        base = setting.ensf if name == "ensf" else setting.ensf_published
+        opts = {**base, **overrides}
         if opts.get("radius") is not None:
             opts["distance"] = periodic_distance(setting.nx)
         return EnSF(**opts)
@@ -83,6 +85,8 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
                    seed=seed + 1, checkpointer=checkpointer, progress=progress)
     seconds = time.perf_counter() - start
     after = ds.isel(cycle=slice(setting.burn_in, None))
+    ranks = torch.as_tensor(after["rank_a"].values.sum(0))
+    chi2, dof = rank_flatness(ranks)
     result = {
         "setting": setting.name,
         "filter": filter_name,
@@ -90,6 +94,11 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
         "burn_in": setting.burn_in,
         "rmse_a": float(after["rmse_a"].mean()),
         "spread_a": float(after["spread_a"].mean()),
+        "spread_over_rmse": float(after["spread_a"].mean() / after["rmse_a"].mean()),
+        "crps_a": float(after["crps_a"].mean()),
+        "rank_histogram": ranks.tolist(),
+        "rank_chi2": chi2,
+        "rank_chi2_dof": dof,
         "rmse_f": float(after["rmse_f"].mean()),
         "seconds_per_cycle": seconds / setting.cycles,
         "nx": setting.nx,
@@ -110,14 +119,36 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
     return result
 
 
+COLUMNS = (("rmse_a", "rmse_a", ".4f"), ("spread_a", "spread_a", ".4f"),
+           ("spread/rmse", "spread_over_rmse", ".2f"), ("crps_a", "crps_a", ".4f"),
+           ("rank chi2/dof", "rank_chi2_per_dof", ".1f"), ("s/cycle", "seconds_per_cycle", ".4f"))
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'setting':<18} {'filter':<6} {'cycles':>6} {'burn':>5} {'rmse_a':>8} " \
-           f"{'spread_a':>8} {'s/cycle':>9}"
+    """One line per run (or per seed-averaged run, whose ``seeds`` column says how many)."""
+    head = f"{'setting':<18} {'filter':<14} {'seeds':>5} {'cycles':>6} {'burn':>5} " + " ".join(
+        f"{title:>13}" for title, _, _ in COLUMNS)
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['setting']:<18} {r['filter']:<6} {r['cycles']:>6} {r['burn_in']:>5} "
-                     f"{r['rmse_a']:>8.4f} {r['spread_a']:>8.4f} {r['seconds_per_cycle']:>9.4f}")
+        r = {**r, "rank_chi2_per_dof": r["rank_chi2"] / r["rank_chi2_dof"]}
+        cells = " ".join(f"{r[key]:>13{fmt}}" for _, key, fmt in COLUMNS)
+        lines.append(f"{r['setting']:<18} {r['filter']:<14} {len(r.get('seeds', [r['seed']])):>5} "
+                     f"{r['cycles']:>6} {r['burn_in']:>5} {cells}")
     return "\n".join(lines)
+
+
+def average_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds of the scalar metrics; rank counts summed; per-seed RMSE kept."""
+    out = dict(runs[0])
+    for key in ("rmse_a", "spread_a", "spread_over_rmse", "crps_a", "rmse_f",
+                "seconds_per_cycle"):
+        out[key] = sum(r[key] for r in runs) / len(runs)
+    counts = torch.tensor([r["rank_histogram"] for r in runs]).sum(0)
+    out["rank_histogram"] = counts.tolist()
+    out["rank_chi2"], out["rank_chi2_dof"] = rank_flatness(counts)
+    out["seeds"] = [r["seed"] for r in runs]
+    out["rmse_a_per_seed"] = [r["rmse_a"] for r in runs]
+    return out
 
 
 def _parse_value(text: str) -> Any:
@@ -135,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--cycles", type=int, default=None)
     parser.add_argument("--burn-in", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--seeds", type=int, default=1, choices=range(1, 101), metavar="N",
+                        help="run seeds SEED..SEED+N-1 and report their mean")
+    parser.add_argument("--rank-png", type=Path, default=None,
+                        help="draw the rank histograms of the runs to this PNG")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -159,13 +194,21 @@ def main(argv: list[str] | None = None) -> int:
         if setting.burn_in >= setting.cycles:
             parser.error(f"burn-in {setting.burn_in} must be below cycles {setting.cycles}")
         out = args.out if len(runs) == 1 else args.out / f"{name}-{filt}"
-        rows.append(run_one(setting, filt, out, overrides=overrides, seed=args.seed,
-                            device=args.device, dtype=getattr(torch, args.dtype),
-                            progress=not args.no_progress))
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        per_seed = []
+        for seed in range(args.seed, args.seed + args.seeds):
+            run_dir = out if args.seeds == 1 else out / f"seed{seed}"
+            per_seed.append(run_one(setting, filt, run_dir, overrides=overrides, seed=seed,
+                                    device=args.device, dtype=getattr(torch, args.dtype),
+                                    progress=not args.no_progress))
+            print(format_table(per_seed[-1:]).splitlines()[-1], flush=True)
+        rows.append(average_seeds(per_seed) if args.seeds > 1 else per_seed[0])
     print(format_table(rows))
-    if len(runs) > 1:
+    if len(runs) > 1 or args.seeds > 1:
         _write_atomic(args.out / "table.json", json.dumps(rows, indent=2, default=str))
+    if args.rank_png is not None:
+        from experiments.plot_ranks import plot_rank_histograms
+
+        plot_rank_histograms(rows, args.rank_png)
     return 0
 
 

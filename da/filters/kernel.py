@@ -58,6 +58,34 @@ def flow_times(steps: int, *, forward: bool) -> list[float]:
     return times if forward else times[::-1]
 
 
+def posterior_mixture(
+    centres: torch.Tensor, h2: float, big_g: torch.Tensor, g: torch.Tensor, dd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The posterior of the kernel prior sum_j N(c_j, h^2 I) / M under y = d ~ N(Y u, R),
+    in the eigenbasis Q of G = Y^T R^{-1} Y (module docstring).
+
+    Args:
+        centres: prior component means c_j = s u_j, (M, K).
+        h2: the components' variance h^2.
+        big_g: G, (D, K, K); g: Y^T R^{-1} d, (D, K); dd: d^T R^{-1} d, (D,).
+
+    Returns:
+        Q (D, K, K), posterior means Q^T m_j^a (D, M, K), the shared posterior
+        variances (eigenvalues of C_a, (D, K)) and unnormalised log weights (D, M).
+    """
+    gamma, q = torch.linalg.eigh(big_g)
+    gamma = gamma.clamp_min(0.0)  # G is positive semi-definite; eigh may round below 0
+    var_a = h2 / (1.0 + h2 * gamma)
+    c_rot = centres @ q  # (D, M, K): row j = Q^T c_j
+    g_rot = (g.unsqueeze(1) @ q).squeeze(1)
+    means_a = (c_rot + h2 * g_rot.unsqueeze(1)) / (1.0 + h2 * gamma).unsqueeze(1)
+    resid = g_rot.unsqueeze(1) - gamma.unsqueeze(1) * c_rot  # b_j = g - G c_j, rotated
+    log_w = -0.5 * (dd.unsqueeze(1) - 2.0 * (c_rot * g_rot.unsqueeze(1)).sum(-1)
+                    + (gamma.unsqueeze(1) * c_rot * c_rot).sum(-1)
+                    - (resid * resid * var_a.unsqueeze(1)).sum(-1))
+    return q, means_a, var_a, log_w
+
+
 def kernel_analysis(
     prior: torch.Tensor,
     y: torch.Tensor,
@@ -119,16 +147,7 @@ def kernel_analysis(
     blocks = local_statistics(ypert, innov, r_inv, xb.shape[1], radius=radius,
                               distance=distance, locations=locations, valid=valid, chunk=chunk)
     for rows, big_g, g, dd in blocks:
-        gamma, q = torch.linalg.eigh(big_g)  # (D, M), (D, M, M)
-        gamma = gamma.clamp_min(0.0)
-        var_a = h2 / (1.0 + h2 * gamma)  # C_a's eigenvalues
-        c_rot = centres @ q  # (D, M, M): row j = Q^T s u_j
-        g_rot = (g.unsqueeze(1) @ q).squeeze(1)  # Q^T g, (D, M)
-        means_a = (c_rot + h2 * g_rot.unsqueeze(1)) / (1.0 + h2 * gamma).unsqueeze(1)
-        resid = g_rot.unsqueeze(1) - gamma.unsqueeze(1) * c_rot  # b_j rotated
-        log_w = -0.5 * (dd.unsqueeze(1) - 2.0 * (c_rot * g_rot.unsqueeze(1)).sum(-1)
-                        + (gamma.unsqueeze(1) * c_rot * c_rot).sum(-1)
-                        - (resid * resid * var_a.unsqueeze(1)).sum(-1))
+        q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd)
         z = encoded.unsqueeze(0) @ q  # (D, M, M): the points in each domain's eigenbasis
         z = mixture_flow(z, flow_times(steps, forward=False), means_a, var_a, schedule, log_w)
         u_a = z @ q.transpose(1, 2)
