@@ -37,6 +37,7 @@ from da._checks import check_ensemble, observation_mask
 from da.filters.kernel import kernel_analysis
 from da.schedule import Schedule
 from da.score import mixture_score, paired_score
+from da.stability import curvature_bound, stable_time_grid
 
 Damping = Callable[[Any], Any]
 
@@ -90,6 +91,11 @@ class EnSF:
         parareal: a da.parareal ParallelConfig passed to sample_ode (ODE only).
         seed: seeds a fresh generator per call when none is given to analysis().
         progress: tqdm bar over the sampler steps.
+        stable_grid: mixture and paired: shorten the steps where the likelihood's
+            stiffness makes the explicit step overshoot (:mod:`da.stability`); the
+            curvature of J^T R^-1 J is measured by power iteration at the prior members
+            (x 1.2 for the states the sampler visits). False: the uniform grid of
+            ``steps`` steps, which diverges for small R.
     """
 
     score: Literal["kernel", "mixture", "paired"] = "kernel"
@@ -112,6 +118,7 @@ class EnSF:
     parareal: Any = None
     seed: int | None = None
     progress: bool = False
+    stable_grid: bool = True
 
     def __post_init__(self) -> None:
         if self.score not in ("kernel", "mixture", "paired"):
@@ -239,7 +246,13 @@ class EnSF:
                 h = h.to(z.dtype).reshape(-1, *([1] * (z.ndim - 1)))
             return prior_score(z, t) + h * likelihood_score(z)
 
-        timesteps = _sampler.time_grid(self.steps, t_start=1.0, t_end=self.t_end)
+        if self.stable_grid:
+            timesteps = stable_time_grid(
+                self.steps, self.t_end, schedule, damping=damping, ode=self.sampler == "ode",
+                curvature=1.2 * curvature_bound(likelihood_score, x_prior),
+                prior_stiffness=self.score == "paired")
+        else:
+            timesteps = _sampler.time_grid(self.steps, t_start=1.0, t_end=self.t_end)
         z = torch.randn(xf.shape, generator=generator, dtype=xf.dtype, device=xf.device)
         if self.sampler == "sde":
             z = _sampler.sample_sde(score, z, timesteps, schedule, generator=generator,
