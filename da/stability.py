@@ -80,3 +80,14 @@ def stable_time_grid(
                 f"J^T R^-1 J) needs more than {MAX_STEPS} stable steps: the observation "
                 "error is too small for an explicit sampler; use score='kernel'")
     return torch.tensor(times, dtype=torch.float64)
+
+
+def pad_to_multiple(times: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Halve the longest steps until the step count is a multiple of ``multiple``
+    (Parareal needs equal slices); shorter steps stay stable."""
+    times = times.clone()
+    while (times.numel() - 1) % multiple:
+        k = int((times[:-1] - times[1:]).argmax())
+        mid = 0.5 * (times[k] + times[k + 1])
+        times = torch.cat([times[: k + 1], mid.reshape(1), times[k + 1 :]])
+    return times

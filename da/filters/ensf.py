@@ -37,7 +37,7 @@ from da._checks import check_ensemble, observation_mask
 from da.filters.kernel import kernel_analysis
 from da.schedule import Schedule
 from da.score import mixture_score, paired_score
-from da.stability import curvature_bound, stable_time_grid
+from da.stability import curvature_bound, pad_to_multiple, stable_time_grid
 
 Damping = Callable[[Any], Any]
 
@@ -250,7 +250,9 @@ class EnSF:
             timesteps = stable_time_grid(
                 self.steps, self.t_end, schedule, damping=damping, ode=self.sampler == "ode",
                 curvature=1.2 * curvature_bound(likelihood_score, x_prior),
-                prior_stiffness=self.score == "paired")
+                prior_stiffness=True)
+            if self.parareal is not None:
+                timesteps = pad_to_multiple(timesteps, self.parareal.n_slices)
         else:
             timesteps = _sampler.time_grid(self.steps, t_start=1.0, t_end=self.t_end)
         z = torch.randn(xf.shape, generator=generator, dtype=xf.dtype, device=xf.device)

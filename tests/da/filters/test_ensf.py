@@ -51,7 +51,8 @@ def test_linear_gaussian_matches_kalman_filter():
     # likelihood, or a wrong R, moves the mean by >= 0.5 or the variance by >= 50 %.
     prior = _gaussian_prior(1000, 4, 1.0, 4.0)
     y = torch.full((4,), 3.0, dtype=torch.float64)
-    post = EnSF(standardise=True, steps=50, seed=1).analysis(prior, y, Identity(2.0))
+    filt = EnSF(score="mixture", standardise=True, steps=50, seed=1, stable_grid=False)
+    post = filt.analysis(prior, y, Identity(2.0))
     ref_mean, ref_var = _moments_reference(0.0, 1.0, 1.0, 1.0, steps=50)
     assert abs(ref_mean - 0.5) < 0.03 and abs(ref_var / 0.5 - 1) < 0.12  # the bias quoted
     assert abs(float(post.mean()) - 2.0) < 0.12
@@ -70,7 +71,8 @@ def test_matches_semi_analytic_sampler_reference():
     # faster, which is why this check is 1-D.
     prior = _gaussian_prior(1000, 1, 0.0, 4.0, seed=2)
     y = torch.full((1,), 2.0, dtype=torch.float64)
-    post = EnSF(steps=50, seed=3).analysis(prior, y, Identity(1.0))
+    filt = EnSF(score="mixture", steps=50, seed=3, stable_grid=False)
+    post = filt.analysis(prior, y, Identity(1.0))
     mu, var = _moments_reference(0.0, 4.0, 2.0, 1.0, steps=50)
     assert abs(float(post.mean()) - mu) < 0.1
     assert abs(float(post.var()) / var - 1) < 0.15
@@ -87,16 +89,17 @@ def test_any_trailing_shape_seeding_and_paired():
         torch.testing.assert_close(shaped.reshape(8, 6), flat)
         torch.testing.assert_close(filt.analysis(prior, y, Identity(1.0)), flat)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    a = EnSF(steps=5).analysis(prior, y, Identity(1.0), generator=g1)
-    b = EnSF(steps=5).analysis(prior, y, Identity(1.0), generator=g2)
+    a = EnSF(score="mixture", steps=5).analysis(prior, y, Identity(1.0), generator=g1)
+    b = EnSF(score="mixture", steps=5).analysis(prior, y, Identity(1.0), generator=g2)
     torch.testing.assert_close(a, b)
 
 
-def test_nan_observations_are_masked():
+@pytest.mark.parametrize("score", ["kernel", "mixture"])
+def test_nan_observations_are_masked(score):
     prior = _gaussian_prior(10, 5, 0.0, 1.0, seed=6)
     y = torch.tensor([0.5, float("nan"), -1.0, float("nan"), 2.0], dtype=torch.float64)
     keep = [0, 2, 4]
-    filt = EnSF(steps=10, seed=7)
+    filt = EnSF(score=score, steps=10, seed=7)
     with pytest.warns(MaskedObservationWarning, match="2 of 5"):
         masked = filt.analysis(prior, y, Identity(0.5))
     with warnings.catch_warnings():
@@ -124,10 +127,15 @@ def test_parareal_passthrough_matches_serial_ode():
 
     prior = _gaussian_prior(6, 4, 0.0, 1.0, seed=8)
     y = torch.zeros(4, dtype=torch.float64)
-    serial = EnSF(sampler="ode", steps=8, seed=1).analysis(prior, y, Identity(1.0))
+    kw = {"score": "mixture", "sampler": "ode", "steps": 8, "seed": 1, "stable_grid": False}
+    serial = EnSF(**kw).analysis(prior, y, Identity(1.0))
     for mode in ("serial", "batched"):  # batched stacks slices: needs a row-wise score
         # n_slices iterations reproduce the serial fine solve (Parareal's exactness).
         config = ParallelConfig(n_slices=2, tol=1e-12, max_iters=2, mode=mode)
-        para = EnSF(sampler="ode", steps=8, seed=1, parareal=config).analysis(
-            prior, y, Identity(1.0))
+        para = EnSF(**kw, parareal=config).analysis(prior, y, Identity(1.0))
         torch.testing.assert_close(para, serial, rtol=1e-9, atol=1e-9)
+    # The stable grid is padded to equal slices (here 9 stable steps -> 10).
+    config = ParallelConfig(n_slices=2, tol=1e-12, max_iters=2)
+    padded = EnSF(**{**kw, "stable_grid": True}, parareal=config).analysis(
+        prior, y, Identity(0.05))
+    assert bool(torch.isfinite(padded).all())
