@@ -190,6 +190,13 @@ def _tracks_dataset(cfg: LeeConfig, tracks, inputs: LeeInputs, spd: int):
     if inputs.best_daily is not None:
         data["best_lat"], data["best_lon"] = ("day", inputs.best_daily[0]), ("day",
                                                                             inputs.best_daily[1])
+    fixes = best_track_fixes(cfg)
+    if fixes is not None:  # every fix, for the figure's best-track line
+        day0 = np.datetime64(datetime.fromisoformat(cfg.day0), "m")
+        data["best_fix_hours"] = ("fix", (fixes.time - day0).astype(np.float64) / 60.0,
+                                  {"units": "h", "long_name": "time of the fix after Day 0"})
+        data["best_fix_lat"] = ("fix", fixes.lat)
+        data["best_fix_lon"] = ("fix", fixes.lon % 360.0)
     return xr.Dataset(data, coords={"day": days, "lead_hours": hours},
                       attrs={"Conventions": "CF-1.8", "day0": cfg.day0,
                              "note": "NaN where the tracker lost the storm"})

@@ -14,17 +14,14 @@ environment and a perturbation (the vortex and everything the filter changes):
   from the state's domain-mean wind. A zonal U(y) is an exact steady solution;
   V0 and the member-mean wind are held fixed by an implied forcing that cancels
   their own tendency (the usual "vortex in a steering current" set-up).
-* optionally a *steering field* S(x, y) = (u_s, v_s): the large-scale flow a storm
-  feels where it is (Holland 1983's steering concept), given by knots (lat, lon,
-  u, v) and interpolated with a Gaussian kernel of width ``steering_knot_km``
-  (Nadaraya-Watson: sum_k w_k S_k / sum_k w_k). Each member is advected by S
-  averaged over its own vortex core with weights (zeta'/zeta_s)^4 for zeta' > 0,
-  divided by (1 + their sum): a uniform wind at every instant, so it translates
-  the vortex (Galilean invariance) and adds no vorticity, and it fades out when a
-  member has no vortex stronger than ``steering_vorticity_scale`` zeta_s. The
-  field needs no clock: a member that is displaced feels the flow at its own
-  position, which is what makes tracks of an ensemble diverge in real steering.
-  experiments.fit_lee_steering fits the knots so the storm follows a best track.
+* optionally a *steering field* S(x, y): the large-scale flow a storm feels where
+  it is (Holland 1983), Gaussian-kernel (Nadaraya-Watson) interpolation of knots
+  (lat, lon, u, v). Each member is advected by S averaged over its vortex core,
+  weights (zeta'/zeta_s)^4 for zeta' > 0 over (1 + their sum): a uniform wind at
+  each instant, so it translates the vortex and adds no vorticity, and it fades
+  out for a member without a vortex stronger than zeta_s. No clock: a displaced
+  member feels the flow at its own position, so ensemble tracks diverge as in real
+  steering. experiments.fit_lee_steering fits the knots to a best track.
 * perturbation zeta', exact nonlinear equation about that environment, written
   in flux form so that the domain integral of zeta' is conserved to round-off:
 
@@ -75,7 +72,8 @@ VARIABLES: tuple[str, ...] = ("u10m", "v10m", "msl", "u850", "v850", "z850")
 
 @dataclass(frozen=True)
 class BarotropicConfig:
-    """Grid box, environment and numerics of the analogue (degrees, m/s, hours)."""
+    """Grid box, environment and numerics of the analogue (degrees, m/s, hours);
+    steering knots (module docstring) are (lat, lon east, u, v), () for none."""
 
     lat_north: float = 50.0
     lat_south: float = 10.0
@@ -99,18 +97,17 @@ class BarotropicConfig:
     msl_ref: float = 101300.0        # Pa, environmental msl at the box centre
     rho: float = 1.2                 # kg/m^3, msl' = rho Phi'
     surface_wind_factor: float = 0.8
-    # steering field (module docstring): knots (lat, lon east, u m/s, v m/s); () = none
     steering_knots: tuple[tuple[float, float, float, float], ...] = ()
     steering_knot_km: float = 300.0
     steering_vorticity_scale: float = 1e-4   # s^-1
 
     def __post_init__(self) -> None:
         knots = tuple(tuple(float(v) for v in k) for k in self.steering_knots)
-        if any(len(k) != 4 for k in knots):
-            raise ValueError("steering_knots: each knot is (lat, lon, u, v)")
         object.__setattr__(self, "steering_knots", knots)  # JSON gives lists
-        if self.steering_knot_km <= 0 or self.steering_vorticity_scale <= 0:
-            raise ValueError("steering_knot_km and steering_vorticity_scale must be > 0")
+        if any(len(k) != 4 for k in knots) or min(self.steering_knot_km,
+                                                  self.steering_vorticity_scale) <= 0:
+            raise ValueError("steering_knots must be (lat, lon, u, v) each, steering_knot_km "
+                             "and steering_vorticity_scale > 0")
         if not self.lat_north > self.lat_south:
             raise ValueError("lat_north must exceed lat_south")
         if not self.lon_east > self.lon_west:
@@ -239,11 +236,7 @@ class BarotropicModel:
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """(u_s, v_s) on the grid (ny, nx) from the knots; zeros when there are none."""
         cfg = self.config
-        ny, nx = y.numel(), x.numel()
-        if not cfg.steering_knots:
-            return torch.zeros(ny, nx, dtype=torch.float64), torch.zeros(ny, nx,
-                                                                         dtype=torch.float64)
-        k = torch.tensor(cfg.steering_knots, dtype=torch.float64)              # (K, 4)
+        k = torch.tensor(cfg.steering_knots or [(0.0,) * 4], dtype=torch.float64)  # (K, 4)
         kx = EARTH_RADIUS * math.cos(math.radians(self.lat0)) * torch.deg2rad(
             (k[:, 1] - self.lon0 + 180.0) % 360.0 - 180.0)
         ky = EARTH_RADIUS * torch.deg2rad(k[:, 0] - self.lat0)
@@ -284,11 +277,9 @@ class BarotropicModel:
         return -(self._ikx * spec[:, 0] + self._iky * spec[:, 1]) * self._dealias - spec[:, 2]
 
     def steering(self, zeta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Uniform steering wind (u_s, v_s), each (B, 1, 1), that members with perturbation
-        vorticity ``zeta`` (B, lat, lon) feel: the field averaged over each vortex core."""
-        if not self.config.steering_knots:
-            zero = torch.zeros(zeta.shape[0], 1, 1, dtype=zeta.dtype, device=zeta.device)
-            return zero, zero
+        """Steering wind (u_s, v_s), each (B, 1, 1), felt by members with zeta' (B, lat, lon)."""
+        if not self.config.steering_knots:  # skip the work; the field is zero
+            return zeta[:, :1, :1] * 0, zeta[:, :1, :1] * 0
         w = (zeta / self.config.steering_vorticity_scale).clamp_min(0.0) ** 4
         norm = 1.0 + w.sum(dim=(-2, -1), keepdim=True)
         return ((w * self.steer_u).sum(dim=(-2, -1), keepdim=True) / norm,
@@ -327,8 +318,7 @@ class BarotropicModel:
 
     # ------------------------------------------------------------------ state <-> vorticity
     def analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(zeta'_hat, u_bar, v_bar) from the state's u850/v850 (the steering wind, a
-        function of zeta', is not part of the member-mean wind)."""
+        """(zeta'_hat, u_bar, v_bar) from the state's u850/v850 (less the steering wind)."""
         u = x[:, 3].to(self.dtype) - self.u_env
         v = x[:, 4].to(self.dtype) - self.v_env
         zh = self._ikx * self._fft(v) - self._iky * self._fft(u)
