@@ -150,6 +150,8 @@ def daily_errors(lat: np.ndarray, lon: np.ndarray, *, steps_per_day: int = 4
     out: dict[str, float] = {}
     for d in fix_days():
         k = (d - START_DAY) * steps_per_day
+        if k >= lat.size:
+            break
         row = bt.at(DAY0 + timedelta(days=d))
         out[f"Day {d}"] = float(great_circle_km(lat[k], lon[k], row["lat"], row["lon"] % 360))
     h = (LANDFALL - DAY0) / timedelta(hours=1) - START_DAY * 24.0
