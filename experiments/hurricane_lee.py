@@ -455,24 +455,25 @@ def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """The per-lead-day table ``tfda lee`` prints (km, 10^3 km^2; * = truth inside)."""
+    """The per-lead-day table ``tfda lee`` prints: ensemble-mean track error (km), ellipse
+    area (10^3 km^2), truth inside the ellipse, spread (km) for baseline (B) and EnSF (E),
+    and the truth's distance from the best track (km; "-" where it has no fix)."""
     q = f"{100 * metrics['quantile']:g}%"
-    lines = [f"day | mean error km  base / EnSF | {q} area 10^3 km2 base / EnSF | "
-             "spread km base / EnSF | truth vs best track km",
-             f"  0 | {'':27} | {'':31} | {'':21} | "
-             f"{_km(metrics.get('truth_day0_vs_best_track_km'))}"]
+    head = ("day", "error B", "error E", f"{q} area B", f"{q} area E", "inside B", "inside E",
+            "spread B", "spread E", "truth-best")
+    widths = [max(len(h), 6) for h in head]
+    units = ["", "km", "km", "10^3 km2", "10^3 km2", "", "", "km", "km", "km"]
+    rows = [units, ["0", *[""] * 8, _km(metrics.get("truth_day0_vs_best_track_km"))]]
     for r in metrics["lead_days"]:
-        def cell(key: str, scale: float = 1.0, mark: bool = False, r=r) -> str:
-            star = "*" if mark and r[f"truth_in_{key.split('_')[0]}_ellipse"] else " "
-            return f"{_km(r[key], scale)}{star}"
-        lines.append(
-            f"{r['day']:3d} | {cell('baseline_mean_error_km'):>13} / "
-            f"{cell('ensf_mean_error_km'):<11} | "
-            f"{cell('baseline_ellipse_area_km2', 1e-3, True):>15} / "
-            f"{cell('ensf_ellipse_area_km2', 1e-3, True):<13} | "
-            f"{cell('baseline_spread_km'):>9} / {cell('ensf_spread_km'):<9} | "
-            f"{_km(r.get('truth_vs_best_track_km'))}")
-    return "\n".join(lines)
+        rows.append([str(r["day"]), _km(r["baseline_mean_error_km"]),
+                     _km(r["ensf_mean_error_km"]), _km(r["baseline_ellipse_area_km2"], 1e-3),
+                     _km(r["ensf_ellipse_area_km2"], 1e-3),
+                     "yes" if r["truth_in_baseline_ellipse"] else "no",
+                     "yes" if r["truth_in_ensf_ellipse"] else "no",
+                     _km(r["baseline_spread_km"]), _km(r["ensf_spread_km"]),
+                     _km(r.get("truth_vs_best_track_km"))])
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
+                     for row in [list(head), *rows])
 
 
 def _km(value: float | None, scale: float = 1.0) -> str:
