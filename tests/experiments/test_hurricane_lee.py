@@ -146,6 +146,7 @@ def _era5_setup(tmp_path, *, drop=()):
 def test_real_mode_code_path_with_a_tiny_fourcastnet(tmp_path):
     pytest.importorskip("models.fourcastnet")
     era5, weights, cfg = _era5_setup(tmp_path)
+    cfg["best_track"] = "auto"  # Lee's, shipped with the package
     out = tmp_path / "run"
     rc = lee.main(["--era5", str(era5), "--weights", str(weights), "--out", str(out),
                    "--config", _toml(tmp_path / "c.toml", cfg)])
@@ -154,6 +155,15 @@ def test_real_mode_code_path_with_a_tiny_fourcastnet(tmp_path):
     assert metrics["mode"] == "era5"
     # the truth is tracked in the ERA5 fields: Day 0 at the vortex put there
     assert metrics["truth_day0"][0] == pytest.approx(17.0 + 0.5 * 4, abs=1.0)
+    # ... and compared with Lee's best track: Day 0 fix 17.0N 51.8W
+    t0 = metrics["truth_day0"]
+    assert metrics["truth_day0_vs_best_track_km"] == pytest.approx(
+        float(great_circle_km(t0[0], t0[1], 17.0, 360 - 51.8)), rel=1e-6)
+    import xarray as xr
+
+    with xr.open_dataset(out / "tracks.nc") as ds:
+        assert float(ds["best_lat"].values[0]) == 17.0
+        assert ds["best_fix_hours"].values.tolist()[-1] == pytest.approx(8 * 24 + 20)
 
 
 def test_bad_inputs_give_one_clear_message_and_no_complete_marker(tmp_path, capsys):
