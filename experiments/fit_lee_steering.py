@@ -5,7 +5,7 @@ iteration, the truth-vs-best-track errors on the days with a best-track fix, and
 with ``--write`` stores the fitted field in ``experiments/data/lee_steering.json``
 (package data; ``tfda lee`` reads it through :func:`load_fitted`).
 
-Procedure (deterministic, about a minute on one CPU core):
+Procedure (deterministic; 12 analogue runs, about 20 s on one core of a loaded machine):
 
 1. Reference track: Lee's packaged best track (observations.besttrack.lee2023) at
    every 6 h from Day -3 (2023-09-05 00 UTC) to Day 9, linear in time between fixes
