@@ -15,8 +15,13 @@ day the great-circle error of the ensemble-mean position, the area of the
 q-quantile covariance ellipse, whether the truth lies inside it, and the spread.
 
 Modes: ``--analogue`` (default; CPU, about a minute): the truth is the
-barotropic analogue (models.barotropic) started from a Lee-like vortex at
-17N 52W on Day -3, and the same analogue is the forecast model. Real: ``--era5
+barotropic analogue (models.barotropic) started from a Lee-like vortex at Lee's
+Day -3 position (11.55N 37.35W, extrapolated from the first best-track fixes) in
+the steering field fitted to Lee's track by ``python -m
+experiments.fit_lee_steering`` (within 82 km of every best-track fix, Days -2 .. 6;
+stored in experiments/data/lee_steering.json), and the same analogue is the
+forecast model. Both modes report the truth's distance from Lee's best track
+(shipped with the package: observations.besttrack.lee2023) on the days with a fix. Real: ``--era5
 PATH`` (a file from ``tfda era5 prepare`` or a directory of CDS downloads) and
 ``--weights DIR`` (FourCastNet v1: backbone.ckpt, global_means.npy,
 global_stds.npy) on a GPU; ``--parareal-slices`` runs the EnSF ODE sampler with
@@ -31,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -46,31 +50,25 @@ import numpy as np
 import torch
 
 from experiments import cycle as cycle_io
+from experiments.fit_lee_steering import VORTEX, analogue_model, load_fitted
 from experiments.lee_io import (
     _best_track,
-    _json_safe,
     _load_era5,
     _load_model,
     begin_run,
     finish_run,
     write_outputs,
 )
-from experiments.plot_tracks import ensemble_ellipse, plot_track_uncertainty
+from experiments.plot_tracks import lead_day_metrics, plot_run
 from models.tracking import StormTracker, TrackerConfig, great_circle_km
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BEST_TRACK = REPO_ROOT.parent / "shared" / "data" / "lee2023" / "bal132023.dat"
 TRACK_VARIABLES = ("msl", "u850", "v850")
 
-# The analogue's box and steering keep the storm inside the domain (away from the
-# sponge) for all 11 days; they were fixed before any filter result was looked at.
-ANALOGUE_MODEL: dict[str, Any] = {
-    "lat_south": 5.0, "lat_north": 60.0, "lon_west": 270.0, "lon_east": 345.0,
-    "resolution": 1.0, "steering_u_south": -4.0, "steering_u_north": 4.0,
-    "steering_v": 0.5, "steering_lat": 32.0,
-    # 30-min RK4 sub-steps: spectral CFL k_max u dt = (2 pi / 3 dx) 45 m/s 1800 s = 1.8 < 2.8
-    "substeps": 12,
-}
+# The analogue's box and steering field: fitted to Lee's best track alone (no filter
+# result enters), by `python -m experiments.fit_lee_steering --write`.
+_FITTED = load_fitted()
+ANALOGUE_MODEL: dict[str, Any] = analogue_model(_FITTED)
 
 
 @dataclass(frozen=True)
@@ -106,11 +104,12 @@ class LeeConfig:
     first_guess: tuple[float, float] = (17.0, 308.2)  # best track, 2023-09-08 00 UTC
     vorticity_threshold: float = 5e-5
     max_displacement_km: float = 500.0
-    # analogue
-    vortex_lat: float = 17.0
-    vortex_lon: float = 308.0
-    vortex_vmax: float = 40.0
-    vortex_rmax_km: float = 150.0
+    # analogue: the truth's vortex starts on vortex_day (<= the first obs day)
+    vortex_day: int = _FITTED["start_day"]
+    vortex_lat: float = _FITTED["start_lat"]
+    vortex_lon: float = _FITTED["start_lon"]
+    vortex_vmax: float = VORTEX["vmax"]
+    vortex_rmax_km: float = VORTEX["rmax_km"]
     analogue_model: dict[str, Any] = field(default_factory=lambda: dict(ANALOGUE_MODEL))
     # real data
     era5: str | None = None
@@ -135,6 +134,9 @@ class LeeConfig:
             raise ValueError(f"obs_days must be distinct and increasing, got {days}")
         if days[-1] != 0:
             raise ValueError(f"obs_days must end on Day 0 (the analysis time), got {days}")
+        if self.vortex_day > days[0]:
+            raise ValueError(f"vortex_day ({self.vortex_day}) must not be later than the "
+                             f"first of obs_days ({days[0]})")
         if not 0 < self.quantile < 1:
             raise ValueError(f"quantile must lie in (0, 1), got {self.quantile}")
         if self.filter_error not in ("diagonal", "full"):
@@ -259,27 +261,6 @@ def _tracker_config(cfg: LeeConfig) -> TrackerConfig:
                          max_displacement_km=cfg.max_displacement_km)
 
 
-def lead_day_metrics(ens_tracks: dict[str, tuple[np.ndarray, np.ndarray]],
-                     truth: tuple[np.ndarray, np.ndarray], days: list[int],
-                     quantile: float) -> list[dict[str, Any]]:
-    """Per lead day: mean-position error, ellipse area, truth inside, spread (km)."""
-    rows = []
-    for j, day in enumerate(days):
-        row: dict[str, Any] = {"day": int(day)}
-        for key, (lat, lon) in ens_tracks.items():
-            e = ensemble_ellipse(lat[:, j], lon[:, j], quantile=quantile)
-            err = float(great_circle_km(e.lat, e.lon, truth[0][j], truth[1][j]))
-            dist = great_circle_km(lat[:, j], lon[:, j], e.lat, e.lon)
-            row[f"{key}_mean_error_km"] = err
-            row[f"{key}_ellipse_area_km2"] = e.area_km2
-            row[f"truth_in_{key}_ellipse"] = bool(e.contains(truth[0][j], truth[1][j]))
-            spread = float(np.sqrt(np.nanmean(dist**2))) if e.n_members else math.nan
-            row[f"{key}_spread_km"] = spread
-            row[f"{key}_tracked_members"] = int(e.n_members)
-        rows.append(row)
-    return rows
-
-
 @dataclass(frozen=True)
 class Observations:
     """Synthetic observations with the truth they perturb (for diagnostics only)."""
@@ -312,14 +293,15 @@ def _analogue_truth(cfg: LeeConfig, model, spd: int
 
     variables = list(model.variables)
     obs_times = cfg.obs_times()
+    start = cfg.day0_time + timedelta(days=cfg.vortex_day)
     x = vortex_state(model, cfg.vortex_lat, cfg.vortex_lon, vmax=cfg.vortex_vmax,
                      rmax=cfg.vortex_rmax_km * 1e3)
     tracker = StormTracker(model.lat, model.lon, (cfg.vortex_lat, cfg.vortex_lon), 1,
                            hours_per_step=model.dt / timedelta(hours=1),
                            config=_tracker_config(cfg))
-    n_total = (cfg.forecast_days - cfg.obs_days[0]) * spd
+    n_total = (cfg.forecast_days - cfg.vortex_day) * spd
     truth_obs, idx = [], [variables.index(v) for v in TRACK_VARIABLES]
-    obs_steps = {(t - obs_times[0]) // model.dt for t in obs_times}
+    obs_steps = {(t - start) // model.dt for t in obs_times}
     with torch.no_grad():
         for k in range(n_total + 1):
             if k:
@@ -328,16 +310,18 @@ def _analogue_truth(cfg: LeeConfig, model, spd: int
                 truth_obs.append(x[0])
             tracker.update(*(x[:, i] for i in idx))
     track = tracker.result()
-    day0 = -cfg.obs_days[0] * spd
+    day0 = -cfg.vortex_day * spd
     t_lat, t_lon = track.lat[0, day0:], track.lon[0, day0:]
     if not np.all(np.isfinite(t_lat)):
         lost = int(np.flatnonzero(~np.isfinite(t_lat))[0])
         raise ValueError(f"the analogue truth storm is lost {lost * model.dt} after Day 0; "
                          "enlarge analogue_model's box or shorten forecast_days")
-    return torch.stack(truth_obs), (t_lat, t_lon), (float(t_lat[0]), float(t_lon[0])), None
+    days = [cfg.day0_time + timedelta(days=d) for d in range(cfg.forecast_days + 1)]
+    return (torch.stack(truth_obs), (t_lat, t_lon), (float(t_lat[0]), float(t_lon[0])),
+            _best_track(cfg, days))
 
 
-def _era5_truth(cfg: LeeConfig, model, spd: int, default_best_track: Path
+def _era5_truth(cfg: LeeConfig, model, spd: int
                 ) -> tuple[torch.Tensor, _Track, tuple[float, float], _Track | None]:
     """(truth at the observation times, truth track Day 0..F, first guess, daily best
     track or None) from ERA5, the truth track found by tracking ERA5 itself."""
@@ -351,7 +335,7 @@ def _era5_truth(cfg: LeeConfig, model, spd: int, default_best_track: Path
     except ValueError as exc:
         raise ValueError(f"--era5 {cfg.era5} does not match the model grid: {exc}") from exc
     fields, _ = _load_era5(cfg, track_times, TRACK_VARIABLES)
-    best_all = _best_track(cfg, default_best_track, track_times)
+    best_all = _best_track(cfg, track_times)
     first_guess = cfg.first_guess
     if best_all is not None and np.isfinite(best_all[0][0]):
         first_guess = (float(best_all[0][0]), float(best_all[1][0]))
@@ -390,7 +374,7 @@ def _observations(cfg: LeeConfig, model, truth: torch.Tensor) -> Observations:
                         times=obs_times, synthetic=syn)
 
 
-def prepare_inputs(cfg: LeeConfig, default_best_track: Path) -> LeeInputs:
+def prepare_inputs(cfg: LeeConfig) -> LeeInputs:
     """Model, truth, observations and reference tracks; every input is checked here,
     before anything is written."""
     model = _load_model(cfg)
@@ -401,7 +385,7 @@ def prepare_inputs(cfg: LeeConfig, default_best_track: Path) -> LeeInputs:
     if cfg.mode == "analogue":
         truth, track, first_guess, best = _analogue_truth(cfg, model, spd)
     else:
-        truth, track, first_guess, best = _era5_truth(cfg, model, spd, default_best_track)
+        truth, track, first_guess, best = _era5_truth(cfg, model, spd)
     return LeeInputs(model, _observations(cfg, model, truth), track, first_guess, best)
 
 
@@ -429,7 +413,7 @@ def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
     """Run the study into ``out``; returns the metrics (also in out/metrics.json)."""
     t_start = time.perf_counter()
     out = Path(out)
-    inputs = prepare_inputs(cfg, DEFAULT_BEST_TRACK)  # validates before writing
+    inputs = prepare_inputs(cfg)  # validates before writing
     device = _device(cfg)
     group, rank = distributed_group(cfg)
     writer = rank == 0
@@ -451,26 +435,51 @@ def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
     ens_tracks = {"baseline": (tracks.lat[:m, daily], tracks.lon[:m, daily]),
                   "ensf": (tracks.lat[m:, daily], tracks.lon[m:, daily])}
     truth_daily = (inputs.truth_track[0][daily], inputs.truth_track[1][daily])
+    best = inputs.best_daily
     lead = lead_day_metrics({k: (a[:, 1:], o[:, 1:]) for k, (a, o) in ens_tracks.items()},
-                            (truth_daily[0][1:], truth_daily[1][1:]), days, cfg.quantile)
+                            (truth_daily[0][1:], truth_daily[1][1:]), days, cfg.quantile,
+                            None if best is None else (best[0][1:], best[1][1:]))
     metrics = {"lead_days": lead, "cycle": cyc["log"], "quantile": cfg.quantile,
                "mode": cfg.mode, "members": m,
                "truth_day0": [float(truth_daily[0][0]), float(truth_daily[1][0])],
+               "truth_day0_vs_best_track_km": math.nan if best is None else float(
+                   great_circle_km(truth_daily[0][0], truth_daily[1][0], best[0][0],
+                                   best[1][0])),
                "wall_seconds": time.perf_counter() - t_start}
     if writer:
         write_outputs(out, cfg, obs, baseline, cyc["ensemble"], tracks, inputs, spd, metrics)
-        best = inputs.best_daily
-        plot_track_uncertainty(
-            {"Baseline": (ens_tracks["baseline"][0][:, 1:], ens_tracks["baseline"][1][:, 1:]),
-             "EnSF": (ens_tracks["ensf"][0][:, 1:], ens_tracks["ensf"][1][:, 1:])},
-            days, out / "tracks",
-            truth=(truth_daily[0][1:], truth_daily[1][1:]),
-            best_track=None if best is None else (best[0][1:], best[1][1:]),
-            quantile=cfg.quantile,
-            title=f"Lee ({cfg.mode}): {m} members, Day 0 = {cfg.day0}")
+        plot_run(out)  # from the files just written: `tfda plot-tracks` draws the same
         metrics["wall_seconds"] = time.perf_counter() - t_start
         finish_run(out, metrics)
     return metrics
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """The per-lead-day table ``tfda lee`` prints: ensemble-mean track error (km), ellipse
+    area (10^3 km^2), truth inside the ellipse, spread (km) for baseline (B) and EnSF (E),
+    and the truth's distance from the best track (km; "-" where it has no fix)."""
+    q = f"{100 * metrics['quantile']:g}%"
+    head = ("day", "error B", "error E", f"{q} area B", f"{q} area E", "inside B", "inside E",
+            "spread B", "spread E", "truth-best")
+    widths = [max(len(h), 6) for h in head]
+    units = ["", "km", "km", "10^3 km2", "10^3 km2", "", "", "km", "km", "km"]
+    rows = [units, ["0", *[""] * 8, _km(metrics.get("truth_day0_vs_best_track_km"))]]
+    for r in metrics["lead_days"]:
+        rows.append([str(r["day"]), _km(r["baseline_mean_error_km"]),
+                     _km(r["ensf_mean_error_km"]), _km(r["baseline_ellipse_area_km2"], 1e-3),
+                     _km(r["ensf_ellipse_area_km2"], 1e-3),
+                     "yes" if r["truth_in_baseline_ellipse"] else "no",
+                     "yes" if r["truth_in_ensf_ellipse"] else "no",
+                     _km(r["baseline_spread_km"]), _km(r["ensf_spread_km"]),
+                     _km(r.get("truth_vs_best_track_km"))])
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
+                     for row in [list(head), *rows])
+
+
+def _km(value: float | None, scale: float = 1.0) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value * scale:.0f}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -528,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"tfda lee: error: {msg}", file=sys.stderr)
         return 2
-    print(json.dumps(_json_safe(metrics["lead_days"][-1]), indent=1))
+    print(format_table(metrics))
     print(f"run directory: {out}  ({metrics['wall_seconds']:.1f} s)")
     return 0
 

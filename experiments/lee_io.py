@@ -90,17 +90,12 @@ def _load_era5(cfg: LeeConfig, times: list[datetime], channels) -> tuple[torch.T
         raise ValueError(f"--era5 {path}: {exc}") from exc
 
 
-def _best_track(cfg: LeeConfig, default: Path, times: list[datetime]):
-    if cfg.best_track in (None, "none") or cfg.mode == "analogue":
+def _best_track(cfg: LeeConfig, times: list[datetime]):
+    """The best track ("auto": Lee's, shipped with the package; or an ATCF file) as
+    (lat, lon 0..360) at ``times``, NaN where it has no fix; None when switched off."""
+    bt = best_track_fixes(cfg)
+    if bt is None:
         return None
-    path = default if cfg.best_track == "auto" else Path(cfg.best_track)
-    if not path.is_file():
-        if cfg.best_track == "auto":
-            return None  # optional: the shared data are not part of the repository
-        raise FileNotFoundError(f"best_track: {path} not found")
-    from observations.besttrack import read_atcf
-
-    bt = read_atcf(path)
     out = np.full((2, len(times)), np.nan)
     for j, t in enumerate(times):
         try:
@@ -109,6 +104,20 @@ def _best_track(cfg: LeeConfig, default: Path, times: list[datetime]):
             continue
         out[:, j] = row["lat"], row["lon"] % 360.0
     return out[0], out[1]
+
+
+def best_track_fixes(cfg: LeeConfig):
+    """All fixes of the configured best track (observations.besttrack.BestTrack) or None."""
+    from observations.besttrack import lee2023, read_atcf
+
+    if cfg.best_track in (None, "none"):
+        return None
+    if cfg.best_track == "auto":
+        return lee2023()
+    path = Path(cfg.best_track)
+    if not path.is_file():
+        raise FileNotFoundError(f"best_track: {path} not found")
+    return read_atcf(path)
 
 
 def _json_safe(value: Any) -> Any:
@@ -181,6 +190,13 @@ def _tracks_dataset(cfg: LeeConfig, tracks, inputs: LeeInputs, spd: int):
     if inputs.best_daily is not None:
         data["best_lat"], data["best_lon"] = ("day", inputs.best_daily[0]), ("day",
                                                                             inputs.best_daily[1])
+    fixes = best_track_fixes(cfg)
+    if fixes is not None:  # every fix, for the figure's best-track line
+        day0 = np.datetime64(datetime.fromisoformat(cfg.day0), "m")
+        data["best_fix_hours"] = ("fix", (fixes.time - day0).astype(np.float64) / 60.0,
+                                  {"units": "h", "long_name": "time of the fix after Day 0"})
+        data["best_fix_lat"] = ("fix", fixes.lat)
+        data["best_fix_lon"] = ("fix", fixes.lon % 360.0)
     return xr.Dataset(data, coords={"day": days, "lead_hours": hours},
                       attrs={"Conventions": "CF-1.8", "day0": cfg.day0,
                              "note": "NaN where the tracker lost the storm"})

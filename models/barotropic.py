@@ -14,6 +14,14 @@ environment and a perturbation (the vortex and everything the filter changes):
   from the state's domain-mean wind. A zonal U(y) is an exact steady solution;
   V0 and the member-mean wind are held fixed by an implied forcing that cancels
   their own tendency (the usual "vortex in a steering current" set-up).
+* optionally a *steering field* S(x, y): the large-scale flow a storm feels where
+  it is (Holland 1983), Gaussian-kernel (Nadaraya-Watson) interpolation of knots
+  (lat, lon, u, v). Each member is advected by S averaged over its vortex core,
+  weights (zeta'/zeta_s)^4 for zeta' > 0 over (1 + their sum): a uniform wind at
+  each instant, so it translates the vortex and adds no vorticity, and it fades
+  out for a member without a vortex stronger than zeta_s. No clock: a displaced
+  member feels the flow at its own position, so ensemble tracks diverge as in real
+  steering. experiments.fit_lee_steering fits the knots to a best track.
 * perturbation zeta', exact nonlinear equation about that environment, written
   in flux form so that the domain integral of zeta' is conserved to round-off:
 
@@ -64,7 +72,8 @@ VARIABLES: tuple[str, ...] = ("u10m", "v10m", "msl", "u850", "v850", "z850")
 
 @dataclass(frozen=True)
 class BarotropicConfig:
-    """Grid box, environment and numerics of the analogue (degrees, m/s, hours)."""
+    """Grid box, environment and numerics of the analogue (degrees, m/s, hours);
+    steering knots (module docstring) are (lat, lon east, u, v), () for none."""
 
     lat_north: float = 50.0
     lat_south: float = 10.0
@@ -88,8 +97,17 @@ class BarotropicConfig:
     msl_ref: float = 101300.0        # Pa, environmental msl at the box centre
     rho: float = 1.2                 # kg/m^3, msl' = rho Phi'
     surface_wind_factor: float = 0.8
+    steering_knots: tuple[tuple[float, float, float, float], ...] = ()
+    steering_knot_km: float = 300.0
+    steering_vorticity_scale: float = 1e-4   # s^-1
 
     def __post_init__(self) -> None:
+        knots = tuple(tuple(float(v) for v in k) for k in self.steering_knots)
+        object.__setattr__(self, "steering_knots", knots)  # JSON gives lists
+        if any(len(k) != 4 for k in knots) or min(self.steering_knot_km,
+                                                  self.steering_vorticity_scale) <= 0:
+            raise ValueError("steering_knots must be (lat, lon, u, v) each, steering_knot_km "
+                             "and steering_vorticity_scale > 0")
         if not self.lat_north > self.lat_south:
             raise ValueError("lat_north must exceed lat_south")
         if not self.lon_east > self.lon_west:
@@ -212,9 +230,23 @@ class BarotropicModel:
         else:
             self.sponge = torch.zeros_like(dist)
         self.frame = (dist <= max(cfg.sponge_width, cfg.resolution) * 0.5).to(f64)
+        self.steer_u, self.steer_v = self._steering_field(x, y)
 
+    def _steering_field(self, x: torch.Tensor, y: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u_s, v_s) on the grid (ny, nx) from the knots; zeros when there are none."""
+        cfg = self.config
+        k = torch.tensor(cfg.steering_knots or [(0.0,) * 4], dtype=torch.float64)  # (K, 4)
+        kx = EARTH_RADIUS * math.cos(math.radians(self.lat0)) * torch.deg2rad(
+            (k[:, 1] - self.lon0 + 180.0) % 360.0 - 180.0)
+        ky = EARTH_RADIUS * torch.deg2rad(k[:, 0] - self.lat0)
+        d2 = (x[None, None, :] - kx[:, None, None])**2 + (y[None, :, None] - ky[:, None, None])**2
+        # softmax: far from every knot the nearest one dominates instead of 0/0
+        w = torch.softmax(-d2 / (2 * (cfg.steering_knot_km * 1e3) ** 2), dim=0)
+        return (w * k[:, 2, None, None]).sum(0), (w * k[:, 3, None, None]).sum(0)
     _TENSORS = ("x", "y", "_ikx", "_iky", "_kxx", "_kyy", "_kxy", "_inv_lap", "_dealias",
-                "_hyper", "u_env", "u_env_y", "beta_eff", "f", "phi_env", "sponge", "frame")
+                "_hyper", "u_env", "u_env_y", "beta_eff", "f", "phi_env", "sponge", "frame",
+                "steer_u", "steer_v")
 
     def to(self, device: torch.device | str) -> BarotropicModel:
         """Move the model's precomputed operators to ``device`` (dtype follows ``self.dtype``)."""
@@ -238,10 +270,20 @@ class BarotropicModel:
         psih = zh * self._inv_lap
         phys = self._ifft(torch.stack([zh, -self._iky * psih, self._ikx * psih, psih], dim=1))
         zeta, u, v, psi = phys.unbind(1)
-        fx = (self.u_env + ubar + u) * zeta + psi * self.beta_eff
-        fy = (self.v_env + vbar + v) * zeta
+        us, vs = self.steering(zeta)
+        fx = (self.u_env + ubar + us + u) * zeta + psi * self.beta_eff
+        fy = (self.v_env + vbar + vs + v) * zeta
         spec = self._fft(torch.stack([fx, fy, self.sponge * zeta], dim=1))
         return -(self._ikx * spec[:, 0] + self._iky * spec[:, 1]) * self._dealias - spec[:, 2]
+
+    def steering(self, zeta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steering wind (u_s, v_s), each (B, 1, 1), felt by members with zeta' (B, lat, lon)."""
+        if not self.config.steering_knots:  # skip the work; the field is zero
+            return zeta[:, :1, :1] * 0, zeta[:, :1, :1] * 0
+        w = (zeta / self.config.steering_vorticity_scale).clamp_min(0.0) ** 4
+        norm = 1.0 + w.sum(dim=(-2, -1), keepdim=True)
+        return ((w * self.steer_u).sum(dim=(-2, -1), keepdim=True) / norm,
+                (w * self.steer_v).sum(dim=(-2, -1), keepdim=True) / norm)
 
     @property
     def v_env(self) -> float:
@@ -276,12 +318,13 @@ class BarotropicModel:
 
     # ------------------------------------------------------------------ state <-> vorticity
     def analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(zeta'_hat, u_bar, v_bar) from the state's u850/v850."""
+        """(zeta'_hat, u_bar, v_bar) from the state's u850/v850 (less the steering wind)."""
         u = x[:, 3].to(self.dtype) - self.u_env
         v = x[:, 4].to(self.dtype) - self.v_env
-        ubar = u.mean(dim=(-2, -1), keepdim=True)
-        vbar = v.mean(dim=(-2, -1), keepdim=True)
         zh = self._ikx * self._fft(v) - self._iky * self._fft(u)
+        us, vs = self.steering(self._ifft(zh))
+        ubar = u.mean(dim=(-2, -1), keepdim=True) - us
+        vbar = v.mean(dim=(-2, -1), keepdim=True) - vs
         return zh, ubar, vbar
 
     def diagnose(self, zh: torch.Tensor, ubar: torch.Tensor, vbar: torch.Tensor
@@ -297,6 +340,8 @@ class BarotropicModel:
                - 2 * self.u_env_y * pxx)
         phi = self._ifft(self._fft(rhs) * self._inv_lap)
         phi = phi - (phi * self.frame).sum(dim=(-2, -1), keepdim=True) / self.frame.sum()
+        us, vs = self.steering(zeta)
+        ubar, vbar = ubar + us, vbar + vs      # uniform winds: geostrophic heights alike
         geo = self.phi_env + phi - self.f0 * ubar * self.y[:, None] + self.f0 * vbar * self.x
         u850 = self.u_env + ubar + u
         v850 = self.v_env + vbar + v

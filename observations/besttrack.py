@@ -11,6 +11,10 @@ Formats (National Hurricane Center):
 
 Both give a :class:`BestTrack`: one row per time, longitudes east-positive in
 -180..180 (:attr:`BestTrack.lon360` gives 0..360, the ERA5 / FourCastNet convention).
+
+Hurricane Lee (AL132023) ships with the package (public-domain NHC data, see
+``observations/data/lee2023/README.md``): :func:`lee2023` returns its b-deck merged
+with two later fixes (2023-09-14 00 UTC and the 2023-09-16 20 UTC landfall).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+LEE2023_DIR = Path(__file__).resolve().parent / "data" / "lee2023"
 
 @dataclass(frozen=True)
 class BestTrack:
@@ -202,3 +207,32 @@ def read_hurdat2(path: str | os.PathLike[str], storm_id: str | None = None) -> B
     if len({r[0] for r in rows}) != len(rows):
         raise ValueError(f"{p}: storm {key} repeats a time")
     return _build(rows, p, key, name)
+
+
+def merge(*tracks: BestTrack) -> BestTrack:
+    """One track from several of the same storm, sorted by time; a time given twice must
+    agree on position (ValueError naming the time otherwise) and is kept once."""
+    if not tracks:
+        raise ValueError("tracks: need at least one best track")
+    rows: dict[np.datetime64, tuple] = {}
+    for tr in tracks:
+        for i in range(len(tr)):
+            row = (tr.lat[i], tr.lon[i], tr.vmax[i], tr.mslp[i], tr.status[i])
+            old = rows.get(tr.time[i])
+            if old is not None and not np.allclose(old[:2], row[:2]):
+                raise ValueError(f"tracks: positions at {tr.time[i]} disagree: "
+                                 f"{old[:2]} vs {row[:2]}")
+            rows.setdefault(tr.time[i], row)
+    times = np.array(sorted(rows), dtype="datetime64[m]")
+    cols = list(zip(*(rows[t] for t in times), strict=True))
+    return BestTrack(times, np.array(cols[0], float), np.array(cols[1], float),
+                     np.array(cols[2], float), np.array(cols[3], float),
+                     np.array(cols[4], dtype="<U2"), tracks[0].storm_id, tracks[0].name)
+
+
+def lee2023() -> BestTrack:
+    """Hurricane Lee's best track as shipped with the package: the ATCF b-deck
+    (2023-09-05 18 UTC .. 2023-09-12 00 UTC, 6-hourly) plus the fixes of 2023-09-14
+    00 UTC (27.6N 67.7W) and of the 2023-09-16 20 UTC landfall (44.3N 66.3W)."""
+    return merge(read_atcf(LEE2023_DIR / "bal132023.dat"),
+                 read_hurdat2(LEE2023_DIR / "later_fixes.hurdat2", "AL132023"))

@@ -16,6 +16,8 @@ from models.tracking import great_circle_km
 TINY_ANALOGUE = {
     "members": 4, "forecast_days": 1, "obs_days": [-1, 0], "ensf_steps": 20,
     "progress": False, "error_length_scale_km": 400.0,
+    # start on Day -1 at Lee's best-track position of that day (2023-09-07 00 UTC)
+    "vortex_day": -1, "vortex_lat": 15.2, "vortex_lon": 312.9,
     "analogue_model": {"resolution": 2.5, "lat_south": 5.0, "lat_north": 40.0,
                        "lon_west": 285.0, "lon_east": 335.0, "substeps": 4},
 }
@@ -72,6 +74,17 @@ def test_analogue_pipeline_tiny(tmp_path):
     assert row["ensf_mean_error_km"] == pytest.approx(float(great_circle_km(e.lat, e.lon, tl, to)))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["members"] == 4 and cfg["mode"] == "analogue"
+    # the truth's distance from Lee's packaged best track, Day 1 = 2023-09-09 00 UTC
+    assert row["truth_vs_best_track_km"] == pytest.approx(
+        float(great_circle_km(tl, to, 19.0, 360 - 56.0)), rel=1e-6)
+    assert np.isfinite(metrics["truth_day0_vs_best_track_km"])
+    # `tfda plot-tracks RUN` re-draws exactly the figure the run drew
+    from experiments import plot_tracks
+
+    first = (out / "tracks.png").read_bytes()
+    (out / "tracks.png").unlink()
+    assert plot_tracks.main([str(out)]) == 0
+    assert (out / "tracks.png").read_bytes() == first
 
 
 def _tiny_era5(tmp_path, times, lat, lon, *, drop=()):
@@ -133,6 +146,7 @@ def _era5_setup(tmp_path, *, drop=()):
 def test_real_mode_code_path_with_a_tiny_fourcastnet(tmp_path):
     pytest.importorskip("models.fourcastnet")
     era5, weights, cfg = _era5_setup(tmp_path)
+    cfg["best_track"] = "auto"  # Lee's, shipped with the package
     out = tmp_path / "run"
     rc = lee.main(["--era5", str(era5), "--weights", str(weights), "--out", str(out),
                    "--config", _toml(tmp_path / "c.toml", cfg)])
@@ -141,6 +155,15 @@ def test_real_mode_code_path_with_a_tiny_fourcastnet(tmp_path):
     assert metrics["mode"] == "era5"
     # the truth is tracked in the ERA5 fields: Day 0 at the vortex put there
     assert metrics["truth_day0"][0] == pytest.approx(17.0 + 0.5 * 4, abs=1.0)
+    # ... and compared with Lee's best track: Day 0 fix 17.0N 51.8W
+    t0 = metrics["truth_day0"]
+    assert metrics["truth_day0_vs_best_track_km"] == pytest.approx(
+        float(great_circle_km(t0[0], t0[1], 17.0, 360 - 51.8)), rel=1e-6)
+    import xarray as xr
+
+    with xr.open_dataset(out / "tracks.nc") as ds:
+        assert float(ds["best_lat"].values[0]) == 17.0
+        assert ds["best_fix_hours"].values.tolist()[-1] == pytest.approx(8 * 24 + 20)
 
 
 def test_bad_inputs_give_one_clear_message_and_no_complete_marker(tmp_path, capsys):

@@ -190,3 +190,47 @@ def test_ten_days_stable_and_default_track_recurves_like_lee():
     lat6, lon6 = track[6]
     lat8, lon8 = track[8]
     assert lat8 > 35 and lon8 > lon6                       # north, then turning east
+
+
+def test_uniform_steering_field_equals_a_uniform_wind_and_fades_without_a_vortex():
+    """A field that is (u0, v0) everywhere must move the vortex like the uniform wind
+    (u0, v0) of the environment: both are Galilean translations (f-plane)."""
+    u0, v0 = -4.0, 2.5
+    knots = ((20.0, 300.0, u0, v0), (30.0, 320.0, u0, v0), (40.0, 290.0, u0, v0))
+    field = BarotropicModel(BarotropicConfig(beta=False, steering_knots=knots, **CALM))
+    wind = BarotropicModel(BarotropicConfig(beta=False, steering_u_south=u0,
+                                            steering_u_north=u0, steering_v=v0))
+    torch.testing.assert_close(field.steer_u, torch.full_like(field.steer_u, u0))
+    xf = forecast(field, vortex_state(field, 25.5, 305.5), 8)
+    xw = forecast(wind, vortex_state(wind, 25.5, 305.5), 8)
+    cf, cw = centre(field, xf), centre(wind, xw)
+    assert cf[0] == pytest.approx(cw[0], abs=0.03) and cf[1] == pytest.approx(cw[1], abs=0.03)
+    assert abs(cf[1] - 305.5) > 5                                   # it did move
+    # the state carries the steering wind; analyse recovers a zero member-mean wind
+    zh, ub, vb = field.analyse(xf)
+    assert float(xf[0, 3].mean()) == pytest.approx(u0, abs=0.02)
+    assert abs(float(ub)) < 1e-3 and abs(float(vb)) < 1e-3
+    torch.testing.assert_close(field.diagnose(zh, ub, vb), xf, rtol=1e-4, atol=1e-3)
+    # no vortex: no steering, and a calm state stays calm
+    calm = field.diagnose(torch.zeros_like(zh), ub * 0, vb * 0)
+    us, vs = field.steering(field._ifft(field.analyse(calm)[0]))
+    assert float(us.abs().max()) < 1e-6 and float(vs.abs().max()) < 1e-6
+
+
+def test_storm_feels_the_steering_field_where_it_is():
+    """Two knots 20 degrees apart with opposite meridional winds: a vortex near each
+    knot moves with that knot's wind (its own position decides its steering)."""
+    knots = ((25.0, 295.0, 0.0, 3.0), (25.0, 315.0, 0.0, -3.0))
+    m = BarotropicModel(BarotropicConfig(beta=False, steering_knots=knots,
+                                         steering_knot_km=400.0, **CALM))
+    x = torch.cat([vortex_state(m, 25.5, 295.5), vortex_state(m, 25.5, 315.5)])
+    us, vs = m.steering(m._ifft(m.analyse(x)[0]))
+    assert float(vs[0]) == pytest.approx(3.0, abs=0.1)
+    assert float(vs[1]) == pytest.approx(-3.0, abs=0.1)
+    y = forecast(m, x, 4)
+    north = [centre(m, y[i:i + 1])[0] - 25.5 for i in range(2)]
+    expect = math.degrees(3.0 * 86400 / EARTH_RADIUS)               # 2.3 degrees a day
+    assert north[0] == pytest.approx(expect, abs=0.3)
+    assert north[1] == pytest.approx(-expect, abs=0.3)
+    with pytest.raises(ValueError, match="steering_knots"):
+        BarotropicConfig(steering_knots=((1.0, 2.0, 3.0),))

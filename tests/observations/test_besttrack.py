@@ -1,25 +1,17 @@
-"""Best-track readers: Lee's real ATCF b-deck (from ../shared) and a HURDAT2 sample."""
+"""Best-track readers: Lee's real ATCF b-deck (shipped with the package) and a HURDAT2 sample."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from observations.besttrack import read_atcf, read_hurdat2
+from observations.besttrack import LEE2023_DIR, lee2023, merge, read_atcf, read_hurdat2
 
-LEE_DIR = Path(__file__).parents[2] / ".." / "shared" / "data" / "lee2023"
-LEE_BDECK = LEE_DIR / "bal132023.dat"
-needs_lee = pytest.mark.skipif(
-    not LEE_BDECK.is_file(),
-    reason=f"Lee's b-deck {LEE_BDECK} is absent (it lives in the shared data folder, "
-    "not in the repository)",
-)
+LEE_BDECK = LEE2023_DIR / "bal132023.dat"
 
 
-@needs_lee
 def test_lee_bdeck_day0_and_times():
     track = read_atcf(LEE_BDECK)
     assert track.storm_id == "AL132023" and track.name == "LEE"
@@ -43,7 +35,27 @@ def test_lee_bdeck_day0_and_times():
     assert len(sub) == 5
 
 
-@needs_lee
+def test_lee2023_merges_the_later_fixes():
+    track = lee2023()
+    assert len(track) == 28 and track.name == "LEE" and track.storm_id == "AL132023"
+    assert track.at(datetime(2023, 9, 8))["lat"] == 17.0
+    assert track.at(datetime(2023, 9, 14)) == {"lat": 27.6, "lon": -67.7, "vmax": 90.0,
+                                                "mslp": 951.0, "status": "HU"}
+    landfall = track.at(datetime(2023, 9, 16, 20))
+    assert (landfall["lat"], landfall["lon"], landfall["status"]) == (44.3, -66.3, "EX")
+    assert np.isnan(landfall["vmax"])
+    assert np.all(np.diff(track.time) > np.timedelta64(0, "m"))
+    assert len(track.six_hourly()) == 27  # the 20 UTC landfall record is not synoptic
+    # merging a track with itself changes nothing; a disagreeing repeat is an error
+    again = merge(track, track)
+    np.testing.assert_array_equal(again.lat, track.lat)
+    moved = merge(read_atcf(LEE_BDECK))
+    shifted = type(moved)(moved.time, moved.lat + 1.0, moved.lon, moved.vmax, moved.mslp,
+                          moved.status)
+    with pytest.raises(ValueError, match="2023-09-05T18:00 disagree"):
+        merge(moved, shifted)
+
+
 def test_malformed_bdeck_line_is_reported_with_its_number(tmp_path):
     lines = LEE_BDECK.read_text().splitlines()
     lines[4] = lines[4].replace(" 139N", " 1x9N")
