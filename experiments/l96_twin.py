@@ -29,6 +29,7 @@ import torch
 
 from da.cycle import run_cycle
 from da.filters import LETKF, EnSF, periodic_distance
+from da.localised_score import ring_taper
 from da.metrics import rank_flatness
 from experiments.checkpoint import FileCheckpointer
 from experiments.settings.l96 import SETTINGS, L96Setting
@@ -45,7 +46,9 @@ def make_filter(name: str, setting: L96Setting, overrides: dict[str, Any]) -> En
     if name in ("ensf", "ensf-published"):
         base = setting.ensf if name == "ensf" else setting.ensf_published
         opts = {**base, **overrides}
-        if opts.get("radius") is not None:
+        if opts.get("score", "kernel") == "localised":
+            opts["taper"] = ring_taper(setting.nx, opts.pop("radius", 4.0))
+        elif opts.get("radius") is not None:
             opts["distance"] = periodic_distance(setting.nx)
         return EnSF(**opts)
     raise ValueError(f"filter must be one of {FILTERS}, got {name!r}")

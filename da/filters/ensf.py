@@ -35,6 +35,7 @@ import torch
 from da import sampler as _sampler
 from da._checks import check_ensemble, observation_mask
 from da.filters.kernel import kernel_analysis
+from da.localised_score import localised_mixture_score
 from da.schedule import Schedule
 from da.score import mixture_score, paired_score
 from da.stability import curvature_bound, pad_to_multiple, stable_time_grid
@@ -68,11 +69,15 @@ class EnSF:
         score: "kernel" (the default: a localised Gaussian-mixture prior of bandwidth
             ``bandwidth`` whose posterior score is exact for linear or ensemble-linearised
             H, :mod:`da.filters.kernel`), "mixture" (Eq. 8, softmax-weighted) or "paired"
-            (the published EnSF code's estimator).
+            (the published EnSF code's estimator), or "localised" (Eq. 8 with softmax
+            weights per component from tapered logits, :mod:`da.localised_score`;
+            needs ``taper``).
         bandwidth: kernel only: h in (0, 1]; 1 is the Gaussian (ETKF) limit.
         radius, distance: kernel only: localisation as for :class:`da.filters.LETKF`
             (None = global).
         domains_per_batch: kernel only: state components per batched local analysis.
+        taper: localised only: rho applied along the flattened state, e.g.
+            :func:`da.localised_score.ring_taper`.
         damping: h(t); None means 1 - t (mixture and paired: the likelihood heuristic).
         sampler: "sde" (Euler-Maruyama, Eq. 6) or "ode" (probability flow, Eq. 9).
         steps: number of time steps from t = 1 to ``t_end`` (kernel: flow steps each way).
@@ -98,11 +103,12 @@ class EnSF:
             ``steps`` steps, which diverges for small R.
     """
 
-    score: Literal["kernel", "mixture", "paired"] = "kernel"
+    score: Literal["kernel", "localised", "mixture", "paired"] = "kernel"
     bandwidth: float = 0.95
     radius: float | None = None
     distance: Any = None
     domains_per_batch: int = 1024
+    taper: Any = None
     damping: Damping | None = None
     sampler: Literal["sde", "ode"] = "sde"
     steps: int = 100
@@ -121,8 +127,11 @@ class EnSF:
     stable_grid: bool = True
 
     def __post_init__(self) -> None:
-        if self.score not in ("kernel", "mixture", "paired"):
-            raise ValueError(f"score must be 'kernel', 'mixture' or 'paired', got {self.score!r}")
+        if self.score not in ("kernel", "localised", "mixture", "paired"):
+            raise ValueError("score must be 'kernel', 'localised', 'mixture' or 'paired', "
+                             f"got {self.score!r}")
+        if self.score == "localised" and (self.taper is None or self.parareal is not None):
+            raise ValueError("score='localised' needs taper= and does not run under parareal")
         if not 0.0 < self.bandwidth <= 1.0:
             raise ValueError(f"bandwidth must lie in (0, 1], got {self.bandwidth}")
         if self.radius is not None and not self.radius > 0:
@@ -159,7 +168,7 @@ class EnSF:
             value = getattr(self, name)
             if name == "damping":
                 value = "1 - t" if value is None else getattr(value, "__name__", repr(value))
-            elif name in ("parareal", "distance") and value is not None:
+            elif name in ("parareal", "distance", "taper") and value is not None:
                 value = repr(value)
             out[name] = value
         return out
@@ -236,6 +245,8 @@ class EnSF:
                     raise ValueError(f"paired score: {z.shape[0]} rows are not a multiple of M={m}")
                 x_rows = x_prior if reps == 1 else x_prior.repeat(reps, 1)
                 return paired_score(z, x_rows, t, schedule, check_inputs=False)
+            if self.score == "localised":
+                return localised_mixture_score(z, x_prior, float(t), schedule, self.taper)
             return mixture_score(z, x_prior, t, schedule, chunk_size=self.chunk_size,
                                  minibatch=self.minibatch, generator=generator,
                                  check_inputs=False)
