@@ -98,6 +98,8 @@ def kernel_analysis(
     radius: float | None = None,
     distance: Any = None,
     chunk: int = 2048,
+    hx: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """Posterior ensemble (M, *state_shape) of the localised kernel EnSF (module docstring).
 
@@ -112,12 +114,19 @@ def kernel_analysis(
         inflation: multiplicative inflation of the forecast perturbations.
         radius, distance: localisation, as for :class:`da.filters.LETKF`; None = global.
         chunk: state components per batch.
+        hx, offset: a shard of the state (the sharded analysis): ``prior`` holds
+            components offset .. offset + n - 1 of every member, and ``hx`` (M, *obs_shape)
+            the whole observation-space ensemble H(x), which the caller gathers (one
+            all_gather of M p numbers). Each component's analysis depends only on its own
+            forecast values and the observations near it, so the shards' analyses are the
+            single-process one's components, with no further communication.
     """
     check_ensemble("prior_ensemble", prior)
     m, state_shape = prior.shape[0], tuple(prior.shape[1:])
     dtype, device = prior.dtype, prior.device
-    with torch.no_grad():
-        hx = obs_operator(prior)
+    if hx is None:
+        with torch.no_grad():
+            hx = obs_operator(prior)
     y = torch.as_tensor(y, dtype=dtype, device=device)
     std = torch.as_tensor(obs_operator.error.std, dtype=dtype, device=device)
     y_filled, valid = observation_mask(y, hx, std)
@@ -145,7 +154,8 @@ def kernel_analysis(
 
     xa = torch.empty(xb.shape[1], m, dtype=dtype, device=device)
     blocks = local_statistics(ypert, innov, r_inv, xb.shape[1], radius=radius,
-                              distance=distance, locations=locations, valid=valid, chunk=chunk)
+                              distance=distance, locations=locations, valid=valid, chunk=chunk,
+                              offset=offset)
     for rows, big_g, g, dd in blocks:
         q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd)
         z = encoded.unsqueeze(0) @ q  # (D, M, M): the points in each domain's eigenbasis

@@ -91,6 +91,7 @@ def local_statistics(
     locations: Any,
     valid: torch.Tensor,
     chunk: int,
+    offset: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (rows, Y^T R_loc^-1 Y, Y^T R_loc^-1 d, d^T R_loc^-1 d) per chunk of components.
 
@@ -104,8 +105,11 @@ def local_statistics(
         locations: observation locations passed to a distance callable.
         valid: (p_all,) mask of the observations in use (ypert's rows).
         chunk: state components per batch.
+        offset: global index of the first component (a shard of the state: the
+            distances are those of components offset .. offset + n_state - 1).
 
-    Shapes yielded: rows (D,), (D, M, M), (D, M), (D,) with D <= chunk.
+    The rows yielded are local (0 .. n_state - 1). Shapes yielded: rows (D,), (D, M, M),
+    (D, M), (D,) with D <= chunk.
     """
     m = ypert.shape[1]
     outer = (ypert[:, :, None] * ypert[:, None, :]).reshape(-1, m * m)  # (p, M^2)
@@ -117,7 +121,8 @@ def local_statistics(
             yield (rows, (r_inv @ outer).reshape(1, m, m).expand(rows.numel(), m, m),
                    (r_inv @ yd).expand(rows.numel(), m), (r_inv @ dd).expand(rows.numel()))
             continue
-        w = localisation_weights(rows, radius, distance, locations, valid).to(ypert.dtype)
+        w = localisation_weights(rows + offset, radius, distance, locations, valid)
+        w = w.to(ypert.dtype)
         w = w * r_inv
         used = (w > 0).any(0)  # observations seen by this chunk only
         w = w[:, used]

@@ -26,6 +26,8 @@ import torch.distributed as dist
 if __name__ == "__main__":  # run as a script by mpirun: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from da.filters import periodic_distance  # noqa: E402
+from da.filters.kernel import kernel_analysis  # noqa: E402
 from da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
 from da.schedule import Schedule  # noqa: E402
 from da.score import mixture_score  # noqa: E402
@@ -38,6 +40,7 @@ from da.sharding import (  # noqa: E402
     scatter_features,
     sharded_score,
 )
+from observations.operators import Identity  # noqa: E402
 
 FEATURES = (5, 11, 19)  # d = 1045: not divisible by 2, 3 or 4
 N_POINTS, N_PRIOR, N_STEPS = 12, 10, 16
@@ -115,7 +118,31 @@ def run_checks(group: dist.ProcessGroup) -> dict[str, object]:
         if full is not None:  # rank 0 only; it is the one that writes the result
             result[f"gather_dev_{name}"] = float((full - ode_ref).abs().max()
                                                  / ode_ref.abs().max())
+    result["kernel_float64"] = _kernel_check(group, layout, d)
     return result
+
+
+def _kernel_check(group: dist.ProcessGroup, layout: ShardLayout, d: int) -> float:
+    """The localised kernel EnSF with the state sharded: each rank analyses its own
+    components from its forecast shard and the gathered observation-space ensemble."""
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    x0, _ = _problem(torch.float64)
+    prior = x0.reshape(N_PRIOR, d)
+    g = torch.Generator().manual_seed(99)
+    y = prior.mean(0) + torch.randn(d, generator=g, dtype=torch.float64)
+    op = Identity(1.0, locations=torch.arange(d, dtype=torch.float64))
+    filt = {"bandwidth": 0.9, "steps": 6, "schedule": Schedule(), "radius": 30.0,
+            "distance": periodic_distance(d), "chunk": 200}
+    ref = kernel_analysis(prior, y, op, **filt)[:, layout.slice(rank)]
+    x_loc = prior[:, layout.slice(rank)]
+    width = max(layout.sizes)
+    padded = torch.zeros(N_PRIOR, width, dtype=torch.float64)
+    padded[:, : x_loc.shape[1]] = op(x_loc)
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded, group=group)
+    hx = torch.cat([part[:, :n] for part, n in zip(parts, layout.sizes, strict=True)], dim=1)
+    local = kernel_analysis(x_loc, y, op, **filt, hx=hx, offset=layout.offsets[rank])
+    return _rel_dev(local, ref, group)
 
 
 def run_all() -> dict[str, dict[str, object]]:

@@ -3,7 +3,8 @@
 Each launch starts 4 processes that check P = 1, 2, 3, 4 shards of d = 1045
 features (not divisible by 2, 3 or 4) on the groups of their first P ranks:
 the score alone, full Heun ODE runs and full SDE runs (counter-based noise) with
-a fixed seed, in float32 (1e-6 relative) and float64 (1e-12), the N x M logit
+a fixed seed, in float32 (1e-6 relative) and float64 (1e-12), the localised
+kernel EnSF analysis with the state sharded (float64, 1e-12), the N x M logit
 payload of every all_reduce, and scatter/gather at the edges. The same launch then
 builds the 2 x 2 rank grid of da.distributed and checks that distributed, sharded
 Parareal equals the serial single-process fine solve. See _mp_sharded_checks.py.
@@ -42,6 +43,8 @@ def _assert_all(report: dict) -> None:
             # Heun: two score evaluations a step, one all_reduce of N x M logits each
             assert r[f"ode_calls_{name}"] == 2 * N_STEPS
             assert r[f"ode_payload_{name}"] == 2 * N_STEPS * N_POINTS * N_PRIOR * ITEMSIZE[name]
+        # the sharded kernel EnSF analysis: shards == the single-process components
+        assert r["kernel_float64"] <= 1e-12, (p, r["kernel_float64"])
     grid = report["grid"]
     assert grid["grid"] == [2, 2]
     assert "not a multiple of shard_size = 3" in grid["grid_errors"][0]
