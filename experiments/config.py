@@ -12,6 +12,7 @@ a :class:`~experiments._errors.UserError` naming the dotted key
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import os
 import tomllib
@@ -175,8 +176,9 @@ def check_call(factory: Callable[..., Any], data: Any, where: str) -> dict[str, 
 def _reject_unknown(data: Mapping[str, Any], known: set[str], where: str) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
-        raise UserError(f"{_key(where, unknown[0])}: unknown key (known: "
-                        f"{', '.join(sorted(known))})")
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
+        raise UserError(f"{_key(where, unknown[0])}: unknown key ({hint})")
 
 
 def to_plain(value: Any) -> Any:
@@ -188,3 +190,26 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [to_plain(v) for v in value]
     return value
+
+
+def parse_device(text: str, option: str = "--device"):
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``: checked against this
+    machine now, so a missing GPU fails before any work rather than after it."""
+    import torch
+
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise UserError(f"{option} {text!r}: not a device (auto, cpu, cuda, cuda:N)") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{option} {text}: CUDA is not available on this machine "
+                            "(use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"{option} {text}: only {torch.cuda.device_count()} CUDA "
+                            "device(s) here")
+    elif device.type != "cpu":
+        raise UserError(f"{option} {text!r}: only cpu and cuda devices are supported")
+    return device
