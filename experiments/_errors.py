@@ -87,3 +87,8 @@ def command(prog: str) -> Callable[[Callable[[list[str]], int | None]],
         return run
 
     return wrap
+
+
+def description(doc: str | None) -> str:
+    """A module docstring's first paragraph as one line, for ``--help``."""
+    return " ".join((doc or "").split("\n\n")[0].split())

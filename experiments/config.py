@@ -55,6 +55,8 @@ def parse_override(item: str, option: str = "--set") -> tuple[str, Any]:
 
 
 def _key(where: str, name: str) -> str:
+    if where.startswith("-"):  # a command-line option: "--set radius"
+        return f"{where} {name}"
     return f"{where}.{name}" if where else name
 
 
@@ -145,8 +147,10 @@ def _hints(obj: Any) -> dict[str, Any]:
         return {}
 
 
-def build(cls: type[T], data: Any, where: str = "") -> T:
-    """``cls(**data)`` for a dataclass ``cls``, every key and value checked first."""
+def build(cls: type[T], data: Any, where: str = "", *,
+          fixed: Mapping[str, Any] | None = None) -> T:
+    """``cls(**data, **fixed)`` for a dataclass ``cls``, every key and value of ``data``
+    checked first (``fixed``: values the program supplies, such as a distance function)."""
     if not isinstance(data, Mapping):
         raise UserError(f"{where or 'configuration'}: expected a table, got {data!r}")
     fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
@@ -155,7 +159,7 @@ def build(cls: type[T], data: Any, where: str = "") -> T:
     values = {k: convert(hints.get(k, Any), v, _key(where, k)) if k in hints else v
               for k, v in data.items()}
     try:
-        return cls(**values)
+        return cls(**values, **(fixed or {}))
     except (ValueError, TypeError) as exc:  # __post_init__ checks name their field
         raise UserError(f"{where + ': ' if where else ''}{exc}") from exc
 

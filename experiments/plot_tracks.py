@@ -11,13 +11,12 @@ given, the best track.  Coastlines come from cartopy when it is installed and
 its Natural Earth data are on disk (no download is attempted); otherwise a plain
 latitude/longitude frame is drawn.
 
-Command line: ``python -m experiments.plot_tracks RUN_DIR [--quantile Q]`` re-draws
+Command line: ``tfda plot-tracks RUN_DIR [--quantile Q]`` re-draws
 ``RUN_DIR/tracks.nc`` written by ``tfda lee``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments._errors import ArgumentParser, UserError, command  # noqa: E402
+from experiments.rundir import atomic_path  # noqa: E402
 from models.tracking import KM_PER_DEG  # noqa: E402
 
 
@@ -221,9 +222,8 @@ def plot_track_uncertainty(
     written = []
     for suffix in (".png", ".pdf"):
         final = out.with_name(out.name + suffix)
-        tmp = out.with_name(f".{out.name}.tmp{suffix}")
-        fig.savefig(tmp, dpi=150)
-        os.replace(tmp, final)
+        with atomic_path(final, suffix=suffix) as tmp:
+            fig.savefig(tmp, dpi=150)
         written.append(final)
     plt.close(fig)
     return written
@@ -233,9 +233,13 @@ def plot_run(run_dir: str | os.PathLike, *, quantile: float = 0.9) -> list[Path]
     """Re-draw the figure of a ``tfda lee`` run directory from its tracks.nc."""
     import xarray as xr
 
-    path = Path(run_dir) / "tracks.nc"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found (run `tfda lee --out {run_dir}` first)")
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"RUN_DIR {run}: {'not a directory' if run.exists() else 'not found'}")
+    path = run / "tracks.nc"
+    if not path.is_file():
+        raise UserError(f"RUN_DIR {run}: not a `tfda lee` run directory (no tracks.nc; "
+                        f"run `tfda lee --out {run}` first)")
     with xr.open_dataset(path) as ds:
         ens = {name: (ds[f"{key}_lat"].values, ds[f"{key}_lon"].values)
                for key, name in (("baseline", "Baseline"), ("ensf", "EnSF"))}
@@ -248,12 +252,15 @@ def plot_run(run_dir: str | os.PathLike, *, quantile: float = 0.9) -> list[Path]
                                   best_track=best, quantile=quantile)
 
 
+@command("tfda plot-tracks")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.plot_tracks",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir")
-    parser.add_argument("--quantile", type=float, default=0.9)
+    parser = ArgumentParser(prog="tfda plot-tracks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a `tfda lee` run directory")
+    parser.add_argument("--quantile", type=float, default=0.9,
+                        help="ellipse quantile in (0, 1) (default 0.9)")
     args = parser.parse_args(argv)
+    if not 0 < args.quantile < 1:
+        raise UserError(f"--quantile must lie in (0, 1), got {args.quantile}")
     for p in plot_run(args.run_dir, quantile=args.quantile):
         print(p)
     return 0

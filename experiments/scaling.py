@@ -47,6 +47,7 @@ from da.sampler import sample_ode, time_grid
 from da.schedule import Schedule
 from da.score import DEFAULT_CHUNK
 from da.sharding import BlockNoise, CountingComm, ShardLayout, algorithm2_bytes, sharded_score
+from experiments._errors import ArgumentParser, command, description
 
 SCHEDULE = Schedule(eps_a=1e-3, eps_b=1e-3)
 FIELDS = ("kind", "ranks", "d", "d_per_rank", "n", "m", "steps", "dtype", "time_s",
@@ -323,8 +324,8 @@ def _spawned(rank: int, world: int, init_file: str, cfg: Config,
         dist.destroy_process_group()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tfda scaling", description=__doc__.split("\n\n")[0])
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="tfda scaling", description=description(__doc__))
     p.add_argument("--ranks", type=int, default=4,
                    help="processes to spawn when not launched by mpirun/srun/torchrun")
     p.add_argument("--n", type=int, default=Config.n, help="points (members) N")
@@ -345,6 +346,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("tfda scaling")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
