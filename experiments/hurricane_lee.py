@@ -446,6 +446,9 @@ def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
     writer = rank == 0
     if writer:
         begin_run(out, cfg)
+    ckpt = out / "checkpoints" / f"cycle-{cfg.fingerprint()}.pt"
+    if writer and ckpt.is_file():
+        print(f"resuming from {ckpt} (an earlier attempt's last analysis)", flush=True)
     clock = rundir.WallClock(out / "checkpoints" / f"wall-{cfg.fingerprint()}.json")
     model = inputs.model.to(device)
     obs = inputs.observations
