@@ -12,10 +12,12 @@ import argparse
 import json
 import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import torch
 
 from experiments._errors import ArgumentParser, UserError, command
+from experiments.rundir import check_out_dir
 from observations import era5
 
 LEE_START = datetime(2023, 9, 5, 0)
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(paths)} ERA5 files for {len(times)} times in {args.out}")
             return 0
         times = _window(args, required=False)
+        if Path(args.out).is_dir():
+            raise UserError(f"--out {args.out}: is a directory; give the netCDF file to write")
+        check_out_dir(Path(args.out).parent, "--out")
         inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
         try:
             tensor, coords = era5.load_era5(inputs, times, channels=channels)
