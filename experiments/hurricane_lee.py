@@ -51,6 +51,7 @@ from experiments.lee_io import (
     _load_model,
     begin_run,
     finish_run,
+    model_spec,
     print_lead_days,
     write_outputs,
 )
@@ -402,8 +403,8 @@ def _observations(cfg: LeeConfig, model, truth: torch.Tensor) -> Observations:
 
 def prepare_inputs(cfg: LeeConfig, default_best_track: Path) -> LeeInputs:
     """Model, truth, observations and reference tracks; every input is checked here,
-    before anything is written."""
-    model = _load_model(cfg)
+    before anything is written, and ERA5 before the network is built (lee_io.model_spec)."""
+    model = model_spec(cfg)
     spd = _steps(model, timedelta(days=1), "day")
     missing_track = [v for v in TRACK_VARIABLES if v not in model.variables]
     if missing_track:
@@ -412,6 +413,7 @@ def prepare_inputs(cfg: LeeConfig, default_best_track: Path) -> LeeInputs:
         truth, track, first_guess, best = _analogue_truth(cfg, model, spd)
     else:
         truth, track, first_guess, best = _era5_truth(cfg, model, spd, default_best_track)
+        model = _load_model(cfg)
     return LeeInputs(model, _observations(cfg, model, truth), track, first_guess, best)
 
 

@@ -23,7 +23,35 @@ if TYPE_CHECKING:
     from experiments.hurricane_lee import LeeConfig, LeeInputs, Observations
 
 
-def _load_model(cfg: LeeConfig):
+def model_spec(cfg: LeeConfig):
+    """What the ERA5 checks need of the model (variables, grid, step) without building
+    it: for FourCastNet from its configuration, so bad data fail before any network is
+    built and any weights are read; other models are built as usual."""
+    if cfg.mode != "era5" or cfg.model != "fourcastnet":
+        return _load_model(cfg)
+    _load_model(cfg, build=False)  # the weights files: present, and torch.save files
+    from types import SimpleNamespace
+
+    from models.fourcastnet import FOURCASTNET_VARIABLES, fourcastnet_grid
+
+    afno = _afno_config(cfg)
+    if afno.in_chans != len(FOURCASTNET_VARIABLES):
+        return _load_model(cfg)
+    lat, lon = fourcastnet_grid(afno.img_size[0] + 1, afno.img_size[1])
+    return SimpleNamespace(variables=FOURCASTNET_VARIABLES, lat=lat, lon=lon,
+                           dt=timedelta(hours=6))
+
+
+def _afno_config(cfg: LeeConfig):
+    from models.fourcastnet import AFNOConfig
+
+    afno = dict(cfg.afno)
+    if "img_size" in afno:
+        afno["img_size"] = tuple(afno["img_size"])
+    return AFNOConfig(**afno)
+
+
+def _load_model(cfg: LeeConfig, *, build: bool = True):
     import models
 
     if cfg.model not in models.available():
@@ -45,15 +73,11 @@ def _load_model(cfg: LeeConfig):
     if missing:
         raise FileNotFoundError(f"--weights {wdir}: missing {', '.join(missing)}")
     _check_checkpoint_file(need[0])
+    if not build:
+        return None
     kwargs: dict[str, Any] = {"weights": wdir}
     if cfg.afno:
-        from models.fourcastnet import AFNOConfig
-
-        afno = dict(cfg.afno)
-        for key in ("img_size",):
-            if key in afno:
-                afno[key] = tuple(afno[key])
-        kwargs["config"] = AFNOConfig(**afno)
+        kwargs["config"] = _afno_config(cfg)
     try:
         return models.load(cfg.model, **kwargs)
     except ValueError as exc:

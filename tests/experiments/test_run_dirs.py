@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import time
+from datetime import datetime
 
 import numpy as np
 import pytest
 import xarray as xr
-from test_bad_inputs import _umask, run_tfda, tfda_command
-from test_hurricane_lee import TINY_ANALOGUE, _toml
+from test_bad_inputs import _nan_era5, _umask, run_tfda, tfda_command
+from test_hurricane_lee import TINY_ANALOGUE, _era5_setup, _toml
 
 from experiments import hurricane_lee as lee
 
@@ -113,3 +114,20 @@ def test_plot_tracks_cli_redraws_a_run(tmp_path):
     proc = run_tfda("plot-tracks", str(out), "--quantile", "0.5")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert (out / "tracks.png").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_era5_is_checked_before_any_network_is_built(tmp_path, monkeypatch, capsys):
+    import models
+
+    era5, weights, cfg = _era5_setup(tmp_path)
+    bad = _nan_era5(era5, datetime(2023, 9, 8, 18), "u850")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was built before the data were checked")
+
+    monkeypatch.setattr(models, "load", no_network)
+    out = tmp_path / "run"
+    rc = lee.main(["--era5", str(bad), "--weights", str(weights), "--out", str(out),
+                   "--config", _toml(tmp_path / "c.toml", cfg)])
+    assert rc == 2 and "u850 has NaN/Inf values at 2023-09-08T18:00" in capsys.readouterr().err
+    assert not out.exists()
