@@ -492,10 +492,10 @@ def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
 
 
 _HELP = {
-    "members": "ensemble size (default 20)",
-    "ensf-steps": "EnSF sampler steps per analysis (default 100)",
-    "forecast-days": "length of the track forecasts in days (default 8)",
-    "seed": "random seed of observations, ensembles and sampler (default 2023)",
+    "members": f"ensemble size (default {LeeConfig.members})",
+    "ensf-steps": f"EnSF sampler steps per analysis (default {LeeConfig.ensf_steps})",
+    "forecast-days": f"length of the track forecasts in days (default {LeeConfig.forecast_days})",
+    "seed": f"random seed of observations, ensembles and sampler (default {LeeConfig.seed})",
     "parareal-slices": "> 0: the EnSF ODE sampler runs as Parareal with this many slices",
 }
 
