@@ -1,4 +1,4 @@
-"""Forecast-model benchmark: ``python -m experiments.bench_models [--threads N] ...``.
+"""Forecast-model benchmark: ``tfda bench-models [--threads N] ...``.
 
 Prints one table:
 
@@ -13,12 +13,12 @@ Prints one table:
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import torch
 
+from experiments._errors import ArgumentParser, command, description
 from models.barotropic import BarotropicConfig, BarotropicModel, vortex_state
 from models.base import rollout
 from models.fourcastnet import load_fourcastnet
@@ -100,8 +100,9 @@ def print_beta_drift(days: int = 3) -> None:
           f"{speed:.2f} m/s towards {bearing:.0f} degrees")
 
 
+@command("tfda bench-models")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bench_models", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="tfda bench-models", description=description(__doc__))
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     ap.add_argument("--members", type=int, default=20)
     ap.add_argument("--days", type=int, default=8)

@@ -14,7 +14,6 @@ each call) minus the resident set before the call, so it counts every temporary.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
@@ -25,6 +24,7 @@ import torch
 
 from da.schedule import Schedule
 from da.score import mixture_score
+from experiments._errors import ArgumentParser, command, description
 
 SCHEDULE = Schedule(eps_a=0.025)
 
@@ -137,8 +137,9 @@ def format_table(rows: list[dict[str, float | str]], n: int, m: int, dtype: torc
     return "\n".join(lines)
 
 
+@command("tfda bench-score")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tfda bench-score", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="tfda bench-score", description=description(__doc__))
     parser.add_argument("--dims", type=float, nargs="+", default=[1e4, 1e5, 1e6])
     parser.add_argument("--members", type=int, default=20, help="N = M")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

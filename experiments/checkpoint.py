@@ -2,40 +2,39 @@
 
 ``FileCheckpointer(path).save(state)`` writes the state dict (tensors, generator
 states, metric lists) with ``torch.save`` to a temporary file in the same
-directory, flushes it to disk and ``os.replace``s it over ``path``: a run killed
-at any moment leaves either the previous complete checkpoint or the new one,
-never a torn file. ``load()`` returns None when there is no checkpoint yet.
+directory (experiments.rundir.atomic_path), flushes it to disk and renames it over
+``path``: a run killed at any moment leaves either the previous complete checkpoint
+or the new one, never a torn file. ``load()`` returns None when there is no
+checkpoint yet. ``on_save`` runs after every save (e.g. a WallClock's checkpoint).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from experiments.rundir import atomic_path
+
 
 class FileCheckpointer:
     """Checkpointer protocol of da.cycle backed by one file, written atomically."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 on_save: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
+        self.on_save = on_save
 
     def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp",
-                                   dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(state, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path) as tmp, tmp.open("wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if self.on_save is not None:
+            self.on_save()
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():

@@ -1,13 +1,17 @@
 """The ``tfda`` command: ``tfda <command> [args...]`` runs one experiment module.
 
-Each command is a module with ``main(argv: list[str] | None = None) -> int``; the
-table below is the small registry the command line needs.
+Each command is a module with ``main(argv: list[str] | None = None) -> int`` wrapped
+by experiments._errors.command (one stderr line and exit status 2 for bad input;
+``--debug`` or ``TFDA_DEBUG=1`` shows tracebacks); the table below is the small
+registry the command line needs.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from experiments._errors import DEBUG_FLAG, debug_requested, report
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "lee": ("experiments.hurricane_lee", "Hurricane Lee study (analogue by default)"),
@@ -24,22 +28,38 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: tfda <command> [args...]", "", "commands:"]
+    lines = ["usage: tfda <command> [args...] [--debug]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", f"{DEBUG_FLAG} (or TFDA_DEBUG=1) shows Python tracebacks instead of "
+              "one-line errors"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    debug = debug_requested(argv)
+    words = [a for a in argv if a != DEBUG_FLAG]
+    if not words or words[0] in ("-h", "--help"):
         print(_usage())
         return 0
-    name, rest = argv[0], argv[1:]
+    name, rest = words[0], words[1:]
     if name not in COMMANDS:
-        print(f"tfda: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"tfda: error: unknown command {name!r} (one of {', '.join(COMMANDS)}; "
+              "tfda --help lists them)", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main([*rest, *([DEBUG_FLAG] if debug else [])]) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"tfda {name}: interrupted (a resumable run continues when the same "
+              "command is run again)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - e.g. an optional dependency failing on import
+        if debug:
+            raise
+        return report(f"tfda {name}", exc)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ vortex (the barotropic analogue), the ensemble is the truth plus Gaussian
 perturbations, observations are H(truth) + eps with a diagonal R, and
 :func:`da.cycle.run_cycle` does forecast -> observe -> analyse (EnSF, Bao et al.
 arXiv 2309.00983, or the LETKF of Hunt et al. 2007). The run directory gets
-config.json, cycle.nc (per-cycle rmse/spread, final ensemble and truth) and,
-written last, COMPLETE; a killed run restarted with the same command resumes
+config.json, cycle.nc (per-cycle rmse/spread, final ensemble and truth),
+summary.json (the printed summary, wall_seconds over all attempts) and, written last,
+COMPLETE; a killed run restarted with the same command resumes
 after its last analysis. Example configs: experiments/configs/*.toml::
 
     [model]                 # models.load(name, **options)
@@ -35,16 +36,18 @@ after its last analysis. Example configs: experiments/configs/*.toml::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
-import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+
+from experiments import rundir
+from experiments._errors import ArgumentParser, UserError, command
+from experiments.config import build, check_call, load_toml, to_plain
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -55,12 +58,9 @@ def fingerprint(config: dict[str, Any]) -> str:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], fp: str) -> Path:
     """torch.save ``payload`` with the fingerprint, to a temporary name, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save({"fingerprint": fp, "payload": payload}, tmp)
-    os.replace(tmp, path)
-    return path
+    with rundir.atomic_path(path) as tmp:
+        torch.save({"fingerprint": fp, "payload": payload}, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, fp: str) -> dict[str, Any] | None:
@@ -77,133 +77,202 @@ def load_checkpoint(path: str | os.PathLike, fp: str) -> dict[str, Any] | None:
     return data["payload"]
 
 
-SECTIONS = ("model", "truth", "ensemble", "observations", "filter", "cycle")
+@dataclass(frozen=True)
+class ModelSection:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)  # checked against the factory
 
 
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a cycle TOML file; ValueError names the offending key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} not found")
-    with path.open("rb") as fh:
-        try:
-            cfg = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config {path}: {exc}") from exc
-    unknown = sorted(set(cfg) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"config {path}: unknown sections {unknown}; known {list(SECTIONS)}")
-    for key in ("model", "filter"):
-        if "name" not in cfg.get(key, {}):
-            raise ValueError(f"config {path}: [{key}] needs a name")
+@dataclass(frozen=True)
+class TruthSection:
+    spin_up_steps: int = 500  # models with spin_up (Lorenz-96)
+    lat: float = 17.0  # barotropic vortex
+    lon: float = 308.0
+    vmax: float = 40.0
+    rmax_km: float = 150.0
+
+
+@dataclass(frozen=True)
+class EnsembleSection:
+    members: int = 20
+    spread: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.members < 2:
+            raise ValueError(f"members must be >= 2, got {self.members}")
+        if self.spread < 0:
+            raise ValueError(f"spread must be >= 0, got {self.spread}")
+
+
+@dataclass(frozen=True)
+class ObservationsSection:
+    operator: Literal["identity", "every"] = "identity"
+    stride: int = 2
+    std: float | Literal["default"] = 1.0
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.std != "default" and not self.std > 0:
+            raise ValueError(f"std must be > 0 or 'default', got {self.std}")
+
+
+@dataclass(frozen=True)
+class FilterSection:
+    name: Literal["ensf", "letkf"]
+    options: dict[str, Any] = field(default_factory=dict)  # the filter dataclass's fields
+
+
+@dataclass(frozen=True)
+class CycleSection:
+    n_cycles: int = 10
+    steps_per_cycle: int = 1
+    seed: int = 0
+    out: str = "runs/cycle"  # cosmetic: not part of the checkpoint fingerprint
+
+    def __post_init__(self) -> None:
+        for key in ("n_cycles", "steps_per_cycle"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    """A ``tfda cycle`` TOML file; every table and key is checked (experiments.config)."""
+
+    model: ModelSection
+    filter: FilterSection
+    truth: TruthSection = field(default_factory=TruthSection)
+    ensemble: EnsembleSection = field(default_factory=EnsembleSection)
+    observations: ObservationsSection = field(default_factory=ObservationsSection)
+    cycle: CycleSection = field(default_factory=CycleSection)
+
+
+def _filter_class(name: str):
+    if name == "ensf":
+        from da.filters.ensf import EnSF
+
+        return EnSF
+    from da.filters.letkf import LETKF
+
+    return LETKF
+
+
+def load_config(path: str | os.PathLike) -> CycleConfig:
+    """Read and check a cycle TOML file; UserError names the file and the key."""
+    data = load_toml(path, "config")
+    try:
+        for key in ("model", "filter"):
+            if key not in data:
+                raise UserError(f"[{key}]: missing table (it needs at least a name)")
+        cfg = build(CycleConfig, data)
+        import models
+
+        if cfg.model.name not in models.available():
+            raise UserError(f"model.name: unknown model {cfg.model.name!r}; registered: "
+                            f"{', '.join(models.available())}")
+        from models.base import _resolve
+
+        check_call(_resolve(cfg.model.name), cfg.model.options, "model.options")
+        build(_filter_class(cfg.filter.name), cfg.filter.options, "filter.options")
+    except UserError as exc:
+        raise UserError(f"config {path}: {exc}") from exc
     return cfg
 
 
-def _truth(model, name: str, spec: dict[str, Any], generator) -> torch.Tensor:
+def _truth(model, name: str, spec: TruthSection, generator) -> torch.Tensor:
     if hasattr(model, "spin_up"):
-        return model.spin_up(int(spec.get("spin_up_steps", 500)), generator=generator)[0]
+        return model.spin_up(spec.spin_up_steps, generator=generator)[0]
     if name == "barotropic":
         from models.barotropic import vortex_state
 
-        return vortex_state(model, float(spec.get("lat", 17.0)), float(spec.get("lon", 308.0)),
-                            vmax=float(spec.get("vmax", 40.0)),
-                            rmax=float(spec.get("rmax_km", 150.0)) * 1e3)[0]
-    raise ValueError(f"[truth]: no initial-state builder for model {name!r} "
-                     "(supported: models with spin_up, barotropic)")
+        return vortex_state(model, spec.lat, spec.lon, vmax=spec.vmax,
+                            rmax=spec.rmax_km * 1e3)[0]
+    raise UserError(f"[truth]: no initial-state builder for model {name!r} "
+                    "(supported: models with spin_up, barotropic)")
 
 
-def _operator(spec: dict[str, Any], state_shape: tuple[int, ...], model):
+def _operator(spec: ObservationsSection, state_shape: tuple[int, ...], model):
     from observations.errors import DiagonalError
     from observations.operators import Identity, Subset
 
-    if spec.get("std") == "default":  # per-variable stds of observations.synthetic
+    if spec.std == "default":  # per-variable stds of observations.synthetic
         from observations.synthetic import default_error
 
         error = default_error(list(model.variables), model.lat, model.lon)
     else:
-        error = DiagonalError(float(spec.get("std", 1.0)))
-    kind = spec.get("operator", "identity")
-    if kind == "identity":
+        error = DiagonalError(float(spec.std))
+    if spec.operator == "identity":
         return Identity(error)
-    if kind == "every":
-        d = int(torch.tensor(state_shape).prod())
-        return Subset(error, indices=list(range(0, d, int(spec.get("stride", 2)))))
-    raise ValueError(f"[observations] operator must be 'identity' or 'every', got {kind!r}")
+    d = int(torch.tensor(state_shape).prod())
+    return Subset(error, indices=list(range(0, d, spec.stride)))
 
 
-def _filter(spec: dict[str, Any]):
-    name, options = spec["name"], dict(spec.get("options", {}))
-    if name == "ensf":
-        from da.filters.ensf import EnSF
-
-        return EnSF(**options)
-    if name == "letkf":
-        from da.filters.letkf import LETKF
-
-        return LETKF(**options)
-    raise ValueError(f"[filter] name must be 'ensf' or 'letkf', got {name!r}")
+def _filter(spec: FilterSection):
+    return build(_filter_class(spec.name), spec.options, "filter.options")
 
 
-def run(cfg: dict[str, Any], out: str | os.PathLike, *, progress: bool = True):
+def hashed(cfg: CycleConfig) -> dict[str, Any]:
+    """The configuration that determines the results: the output path is left out,
+    so the same run resumes wherever it is written."""
+    plain = to_plain(cfg)
+    plain["cycle"].pop("out")
+    return plain
+
+
+def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
     """Run the cycle described by ``cfg`` (see the module docstring) into ``out``."""
     import models
     from da.cycle import run_cycle
     from experiments.checkpoint import FileCheckpointer
 
-    mspec = cfg["model"]
-    if mspec["name"] not in models.available():
-        raise ValueError(f"[model] unknown model {mspec['name']!r}; registered: "
-                         f"{', '.join(models.available())}")
-    model = models.load(mspec["name"], **mspec.get("options", {}))
-    cyc = cfg.get("cycle", {})
-    seed = int(cyc.get("seed", 0))
-    gen = torch.Generator().manual_seed(seed)
-    truth = _truth(model, mspec["name"], cfg.get("truth", {}), gen)
-    ens_spec = cfg.get("ensemble", {})
-    members = int(ens_spec.get("members", 20))
-    ensemble = truth[None] + float(ens_spec.get("spread", 1.0)) * torch.randn(
-        (members, *truth.shape), generator=gen, dtype=truth.dtype)
-    operator = _operator(cfg.get("observations", {}), tuple(truth.shape), model)
-    analysis = _filter(cfg["filter"])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "COMPLETE").unlink(missing_ok=True)
-    _write(out / "config.json", json.dumps(cfg, indent=1, default=str))
-    fp = fingerprint(cfg)
-    ckpt = FileCheckpointer(out / f"checkpoint-{fp}.pt")
-    ds = run_cycle(model, analysis, operator, ensemble, n_cycles=int(cyc.get("n_cycles", 10)),
-                   truth=truth, steps_per_cycle=int(cyc.get("steps_per_cycle", 1)), seed=seed,
+    fp = fingerprint(hashed(cfg))
+    rundir.check_out_dir(out)
+    model = models.load(cfg.model.name, **check_call(
+        models.base._resolve(cfg.model.name), cfg.model.options, "model.options"))
+    gen = torch.Generator().manual_seed(cfg.cycle.seed)
+    truth = _truth(model, cfg.model.name, cfg.truth, gen)
+    ensemble = truth[None] + cfg.ensemble.spread * torch.randn(
+        (cfg.ensemble.members, *truth.shape), generator=gen, dtype=truth.dtype)
+    operator = _operator(cfg.observations, tuple(truth.shape), model)
+    analysis = _filter(cfg.filter)
+    # stale results of another configuration go; this one's checkpoint stays to resume
+    out = rundir.begin(out, ["cycle.nc", "summary.json", "checkpoint-*.pt", "wall-*.json"]
+                       if not (Path(out) / f"checkpoint-{fp}.pt").exists()
+                       else ["cycle.nc", "summary.json"], config=to_plain(cfg))
+    clock = rundir.WallClock(out / f"wall-{fp}.json")
+    ckpt = FileCheckpointer(out / f"checkpoint-{fp}.pt", on_save=clock.checkpoint)
+    ds = run_cycle(model, analysis, operator, ensemble, n_cycles=cfg.cycle.n_cycles,
+                   truth=truth, steps_per_cycle=cfg.cycle.steps_per_cycle, seed=cfg.cycle.seed,
                    checkpointer=ckpt, progress=progress)
-    tmp = out / ".cycle.nc.part"
-    ds.to_netcdf(tmp)
-    os.replace(tmp, out / "cycle.nc")
+    with rundir.atomic_path(out / "cycle.nc", suffix=".nc") as tmp:
+        ds.to_netcdf(tmp)
+    summary = {"last_10_cycles": {m: float(ds[m].values[-10:].mean())
+                                  for m in ("rmse_a", "spread_a", "rmse_f")},
+               "wall_seconds": clock.total()}
+    rundir.write_json(out / "summary.json", summary)
     ckpt.clear()
-    summary = {m: float(ds[m].values[-10:].mean()) for m in ("rmse_a", "spread_a", "rmse_f")}
-    _write(out / "COMPLETE", json.dumps({"last_10_cycles": summary}, indent=1))
-    return ds
+    clock.clear()
+    rundir.finish(out, summary)
+    return ds, summary
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
+@command("tfda cycle")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tfda cycle", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="tfda cycle", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="TOML file (see experiments/configs/)")
     p.add_argument("--out", help="run directory (default: [cycle] out, else runs/cycle)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        out = args.out or cfg.get("cycle", {}).get("out", "runs/cycle")
-        ds = run(cfg, out, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        print(f"tfda cycle: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{out}: rmse_a (last cycle) = {float(ds['rmse_a'].values[-1]):.4f}, "
-          f"spread_a = {float(ds['spread_a'].values[-1]):.4f}")
+    cfg = load_config(args.config)
+    out = rundir.check_out_dir(args.out or cfg.cycle.out)
+    print(f"tfda cycle: {cfg.model.name} + {cfg.filter.name}, {cfg.ensemble.members} members, "
+          f"{cfg.cycle.n_cycles} cycles -> {out}", flush=True)
+    _, summary = run(cfg, out, progress=not args.no_progress)
+    last = summary["last_10_cycles"]
+    print(f"{out}: mean over the last 10 cycles: rmse_a = {last['rmse_a']:.4f}, "
+          f"spread_a = {last['spread_a']:.4f}, rmse_f = {last['rmse_f']:.4f} "
+          f"(also in {out}/summary.json)")
     return 0
 
 

@@ -12,7 +12,12 @@ import argparse
 import json
 import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import torch
+
+from experiments._errors import ArgumentParser, UserError, command
+from experiments.rundir import check_out_dir
 from observations import era5
 
 LEE_START = datetime(2023, 9, 5, 0)
@@ -47,8 +52,8 @@ def _window(args: argparse.Namespace, *, required: bool) -> list[datetime] | Non
     return time_range(start, end, args.step_hours)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tfda era5", description=__doc__.split("\n\n")[0])
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="tfda era5", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def window(sp: argparse.ArgumentParser) -> None:
@@ -63,10 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", help="retrieve ERA5 netCDF files from the CDS")
     window(d)
     d.add_argument("--out", required=True, help="directory for the files")
-    d.add_argument("--retries", type=int, default=4)
+    d.add_argument("--retries", type=int, default=4, help="attempts per file (default 4)")
     d.add_argument("--backoff", type=float, default=30.0, help="first retry wait, s (doubles)")
     d.add_argument("--dry-run", action="store_true", help="print the requests, fetch nothing")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     q = sub.add_parser("prepare", help="merge downloaded files into one tidy netCDF")
     window(q)
@@ -78,6 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_channels(tensor: torch.Tensor, coords: dict) -> None:
+    """Refuse a channel that is all NaN at some time (a wrong level or variable in the
+    download); warn, naming them, about channels with some NaN values."""
+    nan = torch.isnan(tensor).flatten(2)  # (time, channel, points)
+    times = [str(t)[:16] for t in coords["time"]]
+    for c, name in enumerate(coords["channel"]):
+        empty = [times[k] for k in nan[:, c].all(-1).nonzero()[:, 0].tolist()]
+        if empty:
+            raise UserError(f"channel {name} is all NaN at {', '.join(empty[:4])}"
+                            f"{' ...' if len(empty) > 4 else ''} ({len(empty)} of "
+                            f"{len(times)} times): check the downloaded files")
+        some = [times[k] for k in nan[:, c].any(-1).nonzero()[:, 0].tolist()]
+        if some:
+            print(f"tfda era5 prepare: warning: channel {name} has NaN values at "
+                  f"{', '.join(some[:4])}{' ...' if len(some) > 4 else ''}", file=sys.stderr)
+
+
+@command("tfda era5")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
@@ -95,17 +118,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(paths)} ERA5 files for {len(times)} times in {args.out}")
             return 0
         times = _window(args, required=False)
+        if Path(args.out).is_dir():
+            raise UserError(f"--out {args.out}: is a directory; give the netCDF file to write")
+        check_out_dir(Path(args.out).parent, "--out")
         inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
-        tensor, coords = era5.load_era5(inputs, times, channels=channels)
+        try:
+            tensor, coords = era5.load_era5(inputs, times, channels=channels)
+        except OSError as exc:  # netCDF4's "Unknown file format" and the like
+            raise UserError(f"--in {inputs}: not readable as ERA5 netCDF ({exc})") from exc
         if not args.allow_any_grid:
             era5.check_fourcastnet_grid(coords["lat"], coords["lon"])
+        check_channels(tensor, coords)
         out = era5.write_netcdf(args.out, tensor, coords)
         print(f"wrote {out}: {tuple(tensor.shape)} (time, variable, lat, lon), "
               f"{str(coords['time'][0])[:16]} .. {str(coords['time'][-1])[:16]}")
         return 0
-    except (ValueError, era5.Era5AccessError) as exc:
-        print(f"tfda era5 {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except era5.Era5AccessError as exc:  # credentials/licence: the user's to fix
+        raise UserError(str(exc)) from exc
 
 
 if __name__ == "__main__":

@@ -34,13 +34,9 @@ writing these files is experiments.lee_io.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
-import sys
-import time
-import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,13 +46,18 @@ import numpy as np
 import torch
 
 from experiments import cycle as cycle_io
+from experiments import rundir
+from experiments._errors import ArgumentParser, UserError, command
+from experiments.config import build, load_toml, parse_device
 from experiments.fit_lee_steering import VORTEX, analogue_model, load_fitted
 from experiments.lee_io import (
     _best_track,
+    _check_finite,
     _load_era5,
     _load_model,
     begin_run,
     finish_run,
+    model_spec,
     write_outputs,
 )
 from experiments.plot_tracks import lead_day_metrics, plot_run
@@ -145,7 +146,11 @@ class LeeConfig:
         if self.parareal_mode not in ("batched", "distributed", "serial"):
             raise ValueError(f"parareal_mode must be batched/distributed/serial, "
                              f"got {self.parareal_mode!r}")
-        datetime.fromisoformat(self.day0)
+        try:
+            datetime.fromisoformat(self.day0)
+        except ValueError:
+            raise ValueError(f"day0 must be an ISO date/time such as 2023-09-08T00:00, "
+                             f"got {self.day0!r}") from None
 
     @property
     def day0_time(self) -> datetime:
@@ -157,25 +162,30 @@ class LeeConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def fingerprint(self) -> str:
+        """Hash of what determines the results: cosmetic ``progress`` is left out, so a
+        run resumed with --no-progress picks up its checkpoints."""
+        return cycle_io.fingerprint({k: v for k, v in self.to_dict().items()
+                                     if k != "progress"})
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LeeConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(names)}")
+        """Every key and type checked (experiments.config), nested tables included."""
         v = dict(values)
-        for key in ("obs_days", "first_guess"):
-            if key in v:
-                v[key] = tuple(v[key])
         if "analogue_model" in v:
+            from models.barotropic import BarotropicConfig
+
+            build(BarotropicConfig, v["analogue_model"], "analogue_model")
             v["analogue_model"] = {**ANALOGUE_MODEL, **v["analogue_model"]}
-        return cls(**v)
+        if v.get("afno"):
+            from models.fourcastnet.afno import AFNOConfig
+
+            build(AFNOConfig, v["afno"], "afno")
+        return build(cls, v)
 
 
 def _device(cfg: LeeConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    return parse_device(cfg.device, "--device")
 
 
 def _ensf(cfg: LeeConfig, group: Any = None):
@@ -202,7 +212,7 @@ def _steps(model, span: timedelta, what: str) -> int:
 
 
 def _cycle(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None, *,
-           checkpoint: bool = True) -> dict[str, Any]:
+           checkpoint: bool = True, on_save=None) -> dict[str, Any]:
     """Day -3 ensemble from the observations, then forecast/EnSF-analysis cycles to Day 0
     through :func:`da.cycle.run_cycle`, checkpointed after every analysis (the file name
     carries a hash of the configuration, so another set-up never resumes from it)."""
@@ -220,12 +230,12 @@ def _cycle(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None, *,
     if not gaps:  # Day 0 only: the "cycle" is the analysis of the initial ensemble
         return {"ensemble": ens, "log": []}
     n = _steps(model, gaps.pop(), "obs_days")
-    fp = cycle_io.fingerprint(cfg.to_dict())
+    fp = cfg.fingerprint()
     ds = run_cycle(model, _ensf(cfg, group), Identity(obs.filter_error), ens,
                    n_cycles=len(obs.times) - 1, observations=lambda k, _truth: y[k],
                    steps_per_cycle=n, seed=cfg.seed + 100,
-                   checkpointer=FileCheckpointer(ckpt_dir / f"cycle-{fp}.pt") if checkpoint
-                   else None,
+                   checkpointer=FileCheckpointer(ckpt_dir / f"cycle-{fp}.pt", on_save=on_save)
+                   if checkpoint else None,
                    progress=cfg.progress)
     ens = torch.as_tensor(ds["ensemble"].values).to(device)
     log = [{"time": obs.times[k].isoformat(),
@@ -335,6 +345,8 @@ def _era5_truth(cfg: LeeConfig, model, spd: int
     except ValueError as exc:
         raise ValueError(f"--era5 {cfg.era5} does not match the model grid: {exc}") from exc
     fields, _ = _load_era5(cfg, track_times, TRACK_VARIABLES)
+    _check_finite(cfg, truth, cfg.obs_times(), list(model.variables))
+    _check_finite(cfg, fields, track_times, TRACK_VARIABLES)
     best_all = _best_track(cfg, track_times)
     first_guess = cfg.first_guess
     if best_all is not None and np.isfinite(best_all[0][0]):
@@ -376,8 +388,8 @@ def _observations(cfg: LeeConfig, model, truth: torch.Tensor) -> Observations:
 
 def prepare_inputs(cfg: LeeConfig) -> LeeInputs:
     """Model, truth, observations and reference tracks; every input is checked here,
-    before anything is written."""
-    model = _load_model(cfg)
+    before anything is written, and ERA5 before the network is built (lee_io.model_spec)."""
+    model = model_spec(cfg)
     spd = _steps(model, timedelta(days=1), "day")
     missing_track = [v for v in TRACK_VARIABLES if v not in model.variables]
     if missing_track:
@@ -386,6 +398,7 @@ def prepare_inputs(cfg: LeeConfig) -> LeeInputs:
         truth, track, first_guess, best = _analogue_truth(cfg, model, spd)
     else:
         truth, track, first_guess, best = _era5_truth(cfg, model, spd)
+        model = _load_model(cfg)
     return LeeInputs(model, _observations(cfg, model, truth), track, first_guess, best)
 
 
@@ -410,18 +423,24 @@ def distributed_group(cfg: LeeConfig):
 
 
 def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
-    """Run the study into ``out``; returns the metrics (also in out/metrics.json)."""
-    t_start = time.perf_counter()
-    out = Path(out)
-    inputs = prepare_inputs(cfg)  # validates before writing
+    """Run the study into ``out``; returns the metrics (also in out/metrics.json).
+
+    ``wall_seconds`` sums every attempt of a resumed run (up to its last checkpoint)."""
+    out = rundir.check_out_dir(out)
     device = _device(cfg)
+    inputs = prepare_inputs(cfg)  # validates before writing
     group, rank = distributed_group(cfg)
     writer = rank == 0
     if writer:
         begin_run(out, cfg)
+    ckpt = out / "checkpoints" / f"cycle-{cfg.fingerprint()}.pt"
+    if writer and ckpt.is_file():
+        print(f"resuming from {ckpt} (an earlier attempt's last analysis)", flush=True)
+    clock = rundir.WallClock(out / "checkpoints" / f"wall-{cfg.fingerprint()}.json")
     model = inputs.model.to(device)
     obs = inputs.observations
-    cyc = _cycle(cfg, model, obs, out / "checkpoints", device, group, checkpoint=writer)
+    cyc = _cycle(cfg, model, obs, out / "checkpoints", device, group, checkpoint=writer,
+                 on_save=clock.checkpoint)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
     y0 = obs.y[-1].to(device)
     baseline = y0[None] + obs.error.sample((cfg.members, *y0.shape), generator=gen,
@@ -445,11 +464,11 @@ def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
                "truth_day0_vs_best_track_km": math.nan if best is None else float(
                    great_circle_km(truth_daily[0][0], truth_daily[1][0], best[0][0],
                                    best[1][0])),
-               "wall_seconds": time.perf_counter() - t_start}
+               "wall_seconds": clock.total()}
     if writer:
         write_outputs(out, cfg, obs, baseline, cyc["ensemble"], tracks, inputs, spd, metrics)
         plot_run(out)  # from the files just written: `tfda plot-tracks` draws the same
-        metrics["wall_seconds"] = time.perf_counter() - t_start
+        metrics["wall_seconds"] = clock.total()
         finish_run(out, metrics)
     return metrics
 
@@ -482,22 +501,34 @@ def _km(value: float | None, scale: float = 1.0) -> str:
     return f"{value * scale:.0f}"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tfda lee", description=__doc__.split("\n\n")[0])
+_HELP = {
+    "members": f"ensemble size (default {LeeConfig.members})",
+    "ensf-steps": f"EnSF sampler steps per analysis (default {LeeConfig.ensf_steps})",
+    "forecast-days": f"length of the track forecasts in days (default {LeeConfig.forecast_days})",
+    "seed": f"random seed of observations, ensembles and sampler (default {LeeConfig.seed})",
+    "parareal-slices": "> 0: the EnSF ODE sampler runs as Parareal with this many slices",
+}
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="tfda lee", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--analogue", action="store_true", help="barotropic analogue (default)")
     src.add_argument("--era5", metavar="PATH", help="ERA5 from `tfda era5` (file or directory)")
-    p.add_argument("--weights", metavar="DIR", help="FourCastNet weights directory")
+    p.add_argument("--weights", metavar="DIR",
+                   help="FourCastNet weights: backbone.ckpt, global_means.npy, global_stds.npy")
     p.add_argument("--model", help="registered model name (default: barotropic/fourcastnet)")
     p.add_argument("--config", metavar="TOML",
                    help="LeeConfig overrides ([lee] table or top level)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/lee_<mode>)")
     for name, typ in (("members", int), ("ensf-steps", int), ("forecast-days", int),
                       ("seed", int), ("parareal-slices", int)):
-        p.add_argument(f"--{name}", type=typ)
-    p.add_argument("--parareal-mode", choices=("batched", "distributed", "serial"))
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--no-progress", action="store_true")
+        p.add_argument(f"--{name}", type=typ, help=_HELP[name])
+    p.add_argument("--parareal-mode", choices=("batched", "distributed", "serial"),
+                   help="Parareal on one device (batched) or across ranks (distributed)")
+    p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (does not change the results or the resume state)")
     return p
 
 
@@ -505,12 +536,8 @@ def config_from_args(argv: list[str] | None) -> tuple[LeeConfig, Path]:
     args = _parser().parse_args(argv)
     values: dict[str, Any] = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config: {path} not found")
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-        values.update(data.get("lee", data))
+        data = load_toml(args.config, "--config")
+        values.update(data["lee"] if set(data) == {"lee"} else data)
     if args.era5:
         values.update(mode="era5", era5=args.era5)
         values.setdefault("model", "fourcastnet")
@@ -522,21 +549,25 @@ def config_from_args(argv: list[str] | None) -> tuple[LeeConfig, Path]:
             values[key] = getattr(args, key)
     if args.no_progress:
         values["progress"] = False
-    cfg = LeeConfig.from_dict(values)
-    out = Path(args.out) if args.out else REPO_ROOT / "runs" / f"lee_{cfg.mode}"
-    return cfg, out
-
-
-def main(argv: list[str] | None = None) -> int:
     try:
-        cfg, out = config_from_args(argv)
-        if cfg.mode == "analogue" and _device(cfg).type == "cpu" and cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        metrics = run(cfg, out)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"tfda lee: error: {msg}", file=sys.stderr)
-        return 2
+        cfg = LeeConfig.from_dict(values)
+    except UserError as exc:
+        where = f"--config {args.config}: " if args.config else ""
+        raise UserError(f"{where}{exc}") from exc
+    out = Path(args.out) if args.out else REPO_ROOT / "runs" / f"lee_{cfg.mode}"
+    _device(cfg)  # a device that is not there fails now, not after the analogue's truth run
+    return cfg, rundir.check_out_dir(out)
+
+
+@command("tfda lee")
+def main(argv: list[str] | None = None) -> int:
+    cfg, out = config_from_args(argv)
+    if cfg.mode == "analogue" and _device(cfg).type == "cpu" and cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    print(f"tfda lee: {cfg.mode} ({cfg.model}), {cfg.members} members, Day 0 = {cfg.day0}, "
+          f"EnSF on days {list(cfg.obs_days)}, {cfg.forecast_days}-day track forecasts "
+          f"on {_device(cfg)} -> {out}", flush=True)
+    metrics = run(cfg, out)
     print(format_table(metrics))
     print(f"run directory: {out}  ({metrics['wall_seconds']:.1f} s)")
     return 0

@@ -1,6 +1,6 @@
 """Lorenz-96 twin experiments: EnSF against the LETKF on named settings.
 
-    python -m experiments.l96_twin SETTING [SETTING ...] --filter {ensf,letkf,all} --out DIR
+    tfda l96 SETTING [SETTING ...] --filter {ensf,letkf,all} --out DIR
 
 Settings live in experiments/settings/l96.py (sakov2008, ensf-arctan,
 ensf-arctan-1000, ensf-arctan-1e6). One setting and one filter write
@@ -9,18 +9,15 @@ seconds_per_cycle, filter settings) and ``DIR/metrics.nc`` (per-cycle metrics);
 several write ``DIR/SETTING-FILTER/...`` plus ``DIR/table.json``, and print the
 table. ``--set key=value`` overrides a filter option (e.g. ``--set inflation=1.06``
 or ``--set score=paired``), ``--cycles``/``--burn-in`` the run length. Runs are
-resumable: the cycle state is checkpointed to ``DIR/.../checkpoint.pt`` after each
-analysis and picked up by the same command; it is removed when the run completes.
+resumable: the cycle state is checkpointed to ``DIR/.../checkpoint-HASH.pt`` after each
+analysis and picked up by the same command (the file name carries a hash of the
+configuration, so another set-up never resumes from it); it is removed when the run
+completes.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,11 @@ from da.cycle import run_cycle
 from da.filters import LETKF, EnSF, periodic_distance
 from da.localised_score import ring_taper
 from da.metrics import rank_flatness
+from experiments import rundir
+from experiments._errors import ArgumentParser, UserError, command
 from experiments.checkpoint import FileCheckpointer
+from experiments.config import build, parse_device, parse_override
+from experiments.cycle import fingerprint
 from experiments.settings.l96 import SETTINGS, L96Setting
 from models.lorenz96 import Lorenz96
 from observations.operators import Arctan, Identity
@@ -40,18 +41,19 @@ FILTERS = ("ensf", "ensf-published", "letkf")
 
 
 def make_filter(name: str, setting: L96Setting, overrides: dict[str, Any]) -> EnSF | LETKF:
+    """The filter of ``setting`` with ``--set`` overrides, every key and type checked."""
     if name == "letkf":
-        opts = {**setting.letkf, **overrides}
-        return LETKF(distance=periodic_distance(setting.nx), **opts)
+        return build(LETKF, {**setting.letkf, **overrides}, "--set",
+                     fixed={"distance": periodic_distance(setting.nx)})
     if name in ("ensf", "ensf-published"):
-        base = setting.ensf if name == "ensf" else setting.ensf_published
-        opts = {**base, **overrides}
+        opts = {**(setting.ensf if name == "ensf" else setting.ensf_published), **overrides}
+        fixed: dict[str, Any] = {}
         if opts.get("score", "kernel") == "localised":
-            opts["taper"] = ring_taper(setting.nx, opts.pop("radius", 4.0))
+            fixed["taper"] = ring_taper(setting.nx, float(opts.pop("radius", 4.0)))
         elif opts.get("radius") is not None:
-            opts["distance"] = periodic_distance(setting.nx)
-        return EnSF(**opts)
-    raise ValueError(f"filter must be one of {FILTERS}, got {name!r}")
+            fixed["distance"] = periodic_distance(setting.nx)
+        return build(EnSF, opts, "--set", fixed=fixed)
+    raise UserError(f"--filter must be one of {FILTERS}, got {name!r}")
 
 
 def make_operator(setting: L96Setting) -> Identity | Arctan:
@@ -63,26 +65,25 @@ def make_operator(setting: L96Setting) -> Identity | Arctan:
     raise ValueError(f"setting {setting.name}: unknown operator {setting.operator!r}")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict[str, Any],
             seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float64,
             progress: bool = True) -> dict[str, Any]:
     """Run one twin experiment, write results.json and metrics.nc under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
     model = Lorenz96(setting.nx, dt=setting.dt, rk4_dt=setting.rk4_dt, device=device)
     filt = make_filter(filter_name, setting, overrides)
     operator = make_operator(setting)
+    fp = fingerprint({"setting": dataclasses.asdict(setting), "filter": filter_name,
+                      "overrides": overrides, "seed": seed, "device": str(device),
+                      "dtype": str(dtype)})
+    resume = out / f"checkpoint-{fp}.pt"
+    # old results always go; a checkpoint only when it belongs to another configuration
+    rundir.begin(out, ["results.json", "metrics.nc",
+                       *(p.name for p in out.glob("checkpoint*.pt") if p != resume)])
     gen = torch.Generator().manual_seed(seed)
     truth = model.spin_up(setting.spin_up_steps, generator=gen, dtype=dtype)[0]
     noise = torch.randn(setting.members, setting.nx, generator=gen, dtype=dtype)
     ensemble = truth + setting.init_std * noise.to(device)
-    checkpointer = FileCheckpointer(out / "checkpoint.pt")
+    checkpointer = FileCheckpointer(resume)
     start = time.perf_counter()
     ds = run_cycle(model, filt, operator, ensemble, n_cycles=setting.cycles, truth=truth,
                    seed=seed + 1, checkpointer=checkpointer, progress=progress)
@@ -113,11 +114,9 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
                 "when it resumed from a checkpoint",
     }
     metrics = ds.drop_vars(["ensemble", "truth"])
-    fd, tmp = tempfile.mkstemp(dir=out, prefix="metrics.", suffix=".nc")
-    os.close(fd)
-    metrics.to_netcdf(tmp)
-    os.replace(tmp, out / "metrics.nc")
-    _write_atomic(out / "results.json", json.dumps(result, indent=2, default=str))
+    with rundir.atomic_path(out / "metrics.nc", suffix=".nc") as tmp:
+        metrics.to_netcdf(tmp)
+    rundir.write_json(out / "results.json", result)
     checkpointer.clear()
     return result
 
@@ -154,60 +153,58 @@ def average_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
+@command("tfda l96")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.l96_twin",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("settings", nargs="+", choices=sorted(SETTINGS))
-    parser.add_argument("--filter", default="all", choices=(*FILTERS, "all"))
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--cycles", type=int, default=None)
-    parser.add_argument("--burn-in", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser = ArgumentParser(prog="tfda l96", description=__doc__.split("\n\n")[0])
+    parser.add_argument("settings", nargs="+", choices=sorted(SETTINGS),
+                        help="named settings (experiments/settings/l96.py)")
+    parser.add_argument("--filter", default="all", choices=(*FILTERS, "all"),
+                        help="filter(s) to run (default all)")
+    parser.add_argument("--out", required=True, type=Path, help="run directory")
+    parser.add_argument("--cycles", type=int, default=None, help="assimilation cycles")
+    parser.add_argument("--burn-in", type=int, default=None,
+                        help="cycles left out of the averages")
+    parser.add_argument("--seed", type=int, default=0, help="first random seed (default 0)")
     parser.add_argument("--seeds", type=int, default=1, choices=range(1, 101), metavar="N",
                         help="run seeds SEED..SEED+N-1 and report their mean")
     parser.add_argument("--rank-png", type=Path, default=None,
                         help="draw the rank histograms of the runs to this PNG")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                        help="state dtype (default float64)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a filter option (repeatable)")
-    parser.add_argument("--no-progress", action="store_true")
+                        help="override a filter option, VALUE as in TOML (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = _parse_value(value)
+    overrides = dict(parse_override(item) for item in args.set)
+    device = str(parse_device(args.device))
     filters = FILTERS if args.filter == "all" else (args.filter,)
     runs = [(s, f) for s in args.settings for f in filters]
-    rows = []
-    for name, filt in runs:
+    plan = []
+    for name, filt in runs:  # every setting and override checked before any run starts
         setting = SETTINGS[name]
         changes = {k: v for k, v in (("cycles", args.cycles), ("burn_in", args.burn_in))
                    if v is not None}
         setting = dataclasses.replace(setting, **changes)
-        if setting.burn_in >= setting.cycles:
-            parser.error(f"burn-in {setting.burn_in} must be below cycles {setting.cycles}")
+        if setting.cycles < 1 or not 0 <= setting.burn_in < setting.cycles:
+            raise UserError(f"--burn-in {setting.burn_in} must lie in [0, --cycles "
+                            f"{setting.cycles})")
+        make_filter(filt, setting, overrides)
         out = args.out if len(runs) == 1 else args.out / f"{name}-{filt}"
+        plan.append((setting, filt, rundir.check_out_dir(out, "--out")))
+    rows = []
+    for setting, filt, out in plan:
         per_seed = []
         for seed in range(args.seed, args.seed + args.seeds):
             run_dir = out if args.seeds == 1 else out / f"seed{seed}"
             per_seed.append(run_one(setting, filt, run_dir, overrides=overrides, seed=seed,
-                                    device=args.device, dtype=getattr(torch, args.dtype),
+                                    device=device, dtype=getattr(torch, args.dtype),
                                     progress=not args.no_progress))
             print(format_table(per_seed[-1:]).splitlines()[-1], flush=True)
         rows.append(average_seeds(per_seed) if args.seeds > 1 else per_seed[0])
     print(format_table(rows))
     if len(runs) > 1 or args.seeds > 1:
-        _write_atomic(args.out / "table.json", json.dumps(rows, indent=2, default=str))
+        rundir.write_json(args.out / "table.json", rows)
     if args.rank_png is not None:
         from experiments.plot_ranks import plot_rank_histograms
 

@@ -8,9 +8,7 @@ file atomically so an interrupted run never leaves a truncated one.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,11 +16,42 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from experiments import rundir
+from experiments._errors import UserError
+
 if TYPE_CHECKING:
     from experiments.hurricane_lee import LeeConfig, LeeInputs, Observations
 
 
-def _load_model(cfg: LeeConfig):
+def model_spec(cfg: LeeConfig):
+    """What the ERA5 checks need of the model (variables, grid, step) without building
+    it: for FourCastNet from its configuration, so bad data fail before any network is
+    built and any weights are read; other models are built as usual."""
+    if cfg.mode != "era5" or cfg.model != "fourcastnet":
+        return _load_model(cfg)
+    _load_model(cfg, build=False)  # the weights files: present, and torch.save files
+    from types import SimpleNamespace
+
+    from models.fourcastnet import FOURCASTNET_VARIABLES, fourcastnet_grid
+
+    afno = _afno_config(cfg)
+    if afno.in_chans != len(FOURCASTNET_VARIABLES):
+        return _load_model(cfg)
+    lat, lon = fourcastnet_grid(afno.img_size[0] + 1, afno.img_size[1])
+    return SimpleNamespace(variables=FOURCASTNET_VARIABLES, lat=lat, lon=lon,
+                           dt=timedelta(hours=6))
+
+
+def _afno_config(cfg: LeeConfig):
+    from models.fourcastnet import AFNOConfig
+
+    afno = dict(cfg.afno)
+    if "img_size" in afno:
+        afno["img_size"] = tuple(afno["img_size"])
+    return AFNOConfig(**afno)
+
+
+def _load_model(cfg: LeeConfig, *, build: bool = True):
     import models
 
     if cfg.model not in models.available():
@@ -43,16 +72,40 @@ def _load_model(cfg: LeeConfig):
     missing = [str(p) for p in need if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"--weights {wdir}: missing {', '.join(missing)}")
+    _check_checkpoint_file(need[0])
+    if not build:
+        return None
     kwargs: dict[str, Any] = {"weights": wdir}
     if cfg.afno:
-        from models.fourcastnet import AFNOConfig
+        kwargs["config"] = _afno_config(cfg)
+    try:
+        return models.load(cfg.model, **kwargs)
+    except ValueError as exc:
+        raise UserError(f"--weights {wdir}: {exc}") from exc
 
-        afno = dict(cfg.afno)
-        for key in ("img_size",):
-            if key in afno:
-                afno[key] = tuple(afno[key])
-        kwargs["config"] = AFNOConfig(**afno)
-    return models.load(cfg.model, **kwargs)
+
+def _check_checkpoint_file(path: Path) -> None:
+    """torch.save writes a zip archive (or, before torch 1.6, a pickle): anything else is
+    not a FourCastNet checkpoint, whatever torch.load's own message would suggest."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise UserError(f"--weights {path}: not a FourCastNet checkpoint (not a file written "
+                        "by torch.save)")
+
+
+def _check_finite(cfg: LeeConfig, data: torch.Tensor, times: list[datetime],
+                  channels) -> None:
+    """Every value the run will read is finite; names the variable and the times."""
+    bad = ~torch.isfinite(data)
+    if not bool(bad.any()):
+        return
+    per = bad.flatten(2).any(-1)  # (time, channel)
+    c = int(per.any(0).nonzero()[0])
+    when = [times[k].isoformat(timespec="minutes") for k in per[:, c].nonzero()[:, 0].tolist()]
+    raise UserError(f"--era5 {cfg.era5}: {list(channels)[c]} has NaN/Inf values at "
+                    f"{', '.join(when[:4])}{' ...' if len(when) > 4 else ''} "
+                    "(times the run reads)")
 
 
 def _load_prepared(path: Path, times: list[datetime], channels) -> tuple[torch.Tensor, dict]:
@@ -87,7 +140,9 @@ def _load_era5(cfg: LeeConfig, times: list[datetime], channels) -> tuple[torch.T
             return _load_prepared(path, times, channels)
         return era5.load_era5(path, times, channels=tuple(channels))
     except ValueError as exc:
-        raise ValueError(f"--era5 {path}: {exc}") from exc
+        raise UserError(f"--era5 {path}: {exc}") from exc
+    except OSError as exc:  # netCDF4's "Unknown file format" and the like
+        raise UserError(f"--era5 {path}: not a readable netCDF file ({exc})") from exc
 
 
 def _best_track(cfg: LeeConfig, times: list[datetime]):
@@ -132,26 +187,23 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_dataset(ds, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    try:
+    with rundir.atomic_path(path, suffix=".nc") as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+OUTPUTS = ("config.json", "observations.nc", "analyses.nc", "tracks.nc", "metrics.json",
+           "tracks.png", "tracks.pdf")
 
 
 def begin_run(out: Path, cfg: LeeConfig) -> None:
-    """Un-mark a previous run first, so a half-written directory never looks complete."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "COMPLETE").unlink(missing_ok=True)
-    _write_text(out / "config.json", json.dumps(_json_safe(cfg.to_dict()), indent=1))
+    """Un-mark a previous run first, so a half-written directory never looks complete,
+    and remove its outputs (and another configuration's checkpoints), so old results
+    never sit beside the new config.json; this configuration's checkpoints stay."""
+    fp = cfg.fingerprint()
+    stale = [p.name for p in (out / "checkpoints").glob("*") if fp not in p.name]
+    rundir.begin(out, [*OUTPUTS, *(f"checkpoints/{n}" for n in stale)],
+                 config=_json_safe(cfg.to_dict()))
 
 
 def _analyses_dataset(cfg: LeeConfig, model, obs: Observations, baseline, ensf):
@@ -208,15 +260,14 @@ def write_outputs(out: Path, cfg: LeeConfig, obs: Observations, baseline, ensf, 
     _write_dataset(_analyses_dataset(cfg, inputs.model, obs, baseline, ensf),
                    out / "analyses.nc")
     _write_dataset(_tracks_dataset(cfg, tracks, inputs, spd), out / "tracks.nc")
-    _write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1))
+    rundir.write_json(out / "metrics.json", _json_safe(metrics))
 
 
 def finish_run(out: Path, metrics: dict[str, Any]) -> None:
     """Update metrics (final wall time), drop the checkpoints, write COMPLETE last."""
     import shutil
 
-    _write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1))
+    rundir.write_json(out / "metrics.json", _json_safe(metrics))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    _write_text(out / "COMPLETE", json.dumps({"finished": datetime.now().isoformat(),
-                                              "files": files}, indent=1))
+    rundir.finish(out, {"finished": datetime.now().isoformat(), "files": files})

@@ -30,6 +30,7 @@ from da.parareal import parareal
 from da.sampler import sample_ode, time_grid
 from da.schedule import Schedule
 from da.score import mixture_score
+from experiments._errors import ArgumentParser, command, description
 
 SCHEDULE = Schedule(eps_a=1e-3)
 
@@ -129,8 +130,9 @@ def _print(rows: list[dict], args: argparse.Namespace, ctx: distributed.DistCont
               f"{r['ideal']:.2f} | {r['max_err']:.1e}")
 
 
+@command("tfda parareal")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tfda parareal_speedup", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="tfda parareal", description=description(__doc__))
     p.add_argument("--problem", default="all", choices=["mixture", "ensemble", "all"])
     p.add_argument("--slices", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--modes", nargs="+", default=["batched", "distributed"],

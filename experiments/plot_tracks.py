@@ -12,15 +12,16 @@ legend. Bottom row: ensemble-mean track error, ellipse area and spread against
 lead day for both ensembles, filled markers where the truth lies inside the
 ellipse. ``tfda lee`` draws it from the files it wrote (tracks.nc, config.json)
 through :func:`plot_run`, so ``tfda plot-tracks RUN_DIR`` re-draws the same figure.
+
+Command line: ``tfda plot-tracks RUN_DIR [--quantile Q]`` re-draws
+``RUN_DIR/tracks.nc`` written by ``tfda lee``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments._errors import ArgumentParser, UserError, command  # noqa: E402
+from experiments.rundir import atomic_path  # noqa: E402
 from experiments.track_metrics import Ellipse, ensemble_ellipse, lead_day_metrics  # noqa: E402
 
 __all__ = ["Ellipse", "TrackFigure", "draw_track_figure", "ensemble_ellipse", "figure_from_run",
@@ -254,9 +257,8 @@ def draw_track_figure(data: TrackFigure, out_path: str | os.PathLike) -> list[Pa
     written = []
     for suffix in (".png", ".pdf"):
         final = out.with_name(out.name + suffix)
-        tmp = out.with_name(f".{out.name}.tmp{suffix}")
-        fig.savefig(tmp, dpi=170)
-        os.replace(tmp, final)
+        with atomic_path(final, suffix=suffix) as tmp:
+            fig.savefig(tmp, dpi=170)
         written.append(final)
     plt.close(fig)
     return written
@@ -268,9 +270,12 @@ def figure_from_run(run_dir: str | os.PathLike, *, quantile: float | None = None
     import xarray as xr
 
     run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"RUN_DIR {run}: {'not a directory' if run.exists() else 'not found'}")
     path = run / "tracks.nc"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found (run `tfda lee --out {run_dir}` first)")
+    if not path.is_file():
+        raise UserError(f"RUN_DIR {run}: not a `tfda lee` run directory (no tracks.nc; "
+                        f"run `tfda lee --out {run}` first)")
     cfg_path = run / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     with xr.open_dataset(path) as ds:
@@ -300,19 +305,16 @@ def plot_run(run_dir: str | os.PathLike, *, quantile: float | None = None) -> li
                              Path(run_dir) / "tracks")
 
 
+@command("tfda plot-tracks")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tfda plot-tracks",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir")
+    parser = ArgumentParser(prog="tfda plot-tracks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a `tfda lee` run directory")
     parser.add_argument("--quantile", type=float, default=None,
-                        help="ellipse quantile (default: the run's, from config.json)")
+                        help="ellipse quantile in (0, 1) (default: the run's, from config.json)")
     args = parser.parse_args(argv)
-    try:
-        paths = plot_run(args.run_dir, quantile=args.quantile)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"tfda plot-tracks: error: {exc}", file=sys.stderr)
-        return 2
-    for p in paths:
+    if args.quantile is not None and not 0 < args.quantile < 1:
+        raise UserError(f"--quantile must lie in (0, 1), got {args.quantile}")
+    for p in plot_run(args.run_dir, quantile=args.quantile):
         print(p)
     return 0
 

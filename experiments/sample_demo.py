@@ -9,10 +9,7 @@ standard-normal points into samples of the mixture. Writes a three-panel PNG::
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +21,8 @@ import torch  # noqa: E402
 from da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
 from da.schedule import Schedule  # noqa: E402
 from da.score import mixture_score  # noqa: E402
+from experiments._errors import ArgumentParser, UserError, command, description
+from experiments.rundir import atomic_path, check_out_dir
 
 
 def eight_gaussians(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -33,15 +32,21 @@ def eight_gaussians(n: int, generator: torch.Generator) -> torch.Tensor:
     return centres + 0.3 * torch.randn(n, 2, generator=generator, dtype=torch.float64)
 
 
+@command("tfda demo")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tfda demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser = ArgumentParser(prog="tfda demo", description=description(__doc__))
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
+                        help="directory for sample_demo.png (default runs/demo)")
     parser.add_argument("--prior", type=int, default=2000, help="prior samples M")
     parser.add_argument("--points", type=int, default=2000, help="generated points N")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--steps", type=int, default=200, help="sampler steps (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    for name in ("prior", "points", "steps"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    check_out_dir(args.out)
 
     g = torch.Generator().manual_seed(args.seed)
     schedule = Schedule(eps_a=0.025)
@@ -62,11 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title(title)
         ax.set_aspect("equal")
     fig.suptitle(f"training-free score from M = {args.prior} samples, {args.steps} steps")
-    args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "sample_demo.png"
-    with tempfile.NamedTemporaryFile(dir=args.out, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp.name, dpi=120, bbox_inches="tight")
-    os.replace(tmp.name, target)
+    with atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     print(f"wrote {target}")
     return 0

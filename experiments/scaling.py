@@ -47,6 +47,8 @@ from da.sampler import sample_ode, time_grid
 from da.schedule import Schedule
 from da.score import DEFAULT_CHUNK
 from da.sharding import BlockNoise, CountingComm, ShardLayout, algorithm2_bytes, sharded_score
+from experiments._errors import ArgumentParser, command, description
+from experiments.rundir import atomic_path
 
 SCHEDULE = Schedule(eps_a=1e-3, eps_b=1e-3)
 FIELDS = ("kind", "ranks", "d", "d_per_rank", "n", "m", "steps", "dtype", "time_s",
@@ -223,15 +225,12 @@ def run(cfg: Config, device: torch.device) -> list[Row]:
 
 
 def _write_csv(rows: list[Row], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv.tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
+    with atomic_path(path, suffix=".csv") as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
                              for k, v in asdict(row).items()})
-    os.replace(tmp, path)
 
 
 def _plot(rows: list[Row], path: Path, title: str) -> None:
@@ -277,12 +276,9 @@ def _plot(rows: list[Row], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, format="png")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _table(rows: list[Row]) -> str:
@@ -323,8 +319,8 @@ def _spawned(rank: int, world: int, init_file: str, cfg: Config,
         dist.destroy_process_group()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tfda scaling", description=__doc__.split("\n\n")[0])
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="tfda scaling", description=description(__doc__))
     p.add_argument("--ranks", type=int, default=4,
                    help="processes to spawn when not launched by mpirun/srun/torchrun")
     p.add_argument("--n", type=int, default=Config.n, help="points (members) N")
@@ -345,6 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("tfda scaling")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:

@@ -83,4 +83,4 @@ def test_bad_configs(tmp_path, capsys):
     assert "unknown model 'nope'" in capsys.readouterr().err
     bad.write_text(TINY + "[extra]\nx = 1\n")
     assert cycle.main([str(bad)]) == 2
-    assert "unknown sections ['extra']" in capsys.readouterr().err
+    assert "extra: unknown key" in capsys.readouterr().err

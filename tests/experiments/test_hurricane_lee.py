@@ -210,7 +210,7 @@ def test_rerun_removes_the_marker_before_writing(tmp_path, monkeypatch):
 def test_config_validation():
     with pytest.raises(ValueError, match="obs_days"):
         lee.LeeConfig(obs_days=(-3, -1, 1))
-    with pytest.raises(ValueError, match="unknown configuration keys"):
+    with pytest.raises(ValueError, match="memberz: unknown key"):
         lee.LeeConfig.from_dict({"memberz": 3})
     with pytest.raises(ValueError, match="mode"):
         lee.LeeConfig(mode="gpu")

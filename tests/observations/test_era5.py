@@ -311,3 +311,23 @@ def test_cli_prepare_and_errors(tmp_path, capsys, monkeypatch):
                           "--out", str(tmp_path / "dl"), "--no-progress"]) == 2
     assert "no CDS credentials" in capsys.readouterr().err
     assert era5_cli.main(["download", "--start", "2023-09-08", "--out", "x"]) == 2
+
+
+def test_cli_prepare_refuses_an_all_nan_channel(tmp_path, capsys):
+    """A channel that is NaN everywhere at some time (a wrong level or variable in a
+    download) is refused, naming the channel and the time; nothing is written."""
+    from experiments import era5_cli
+
+    write_layout(tmp_path / "s.nc", "single", new=True)
+    write_layout(tmp_path / "p.nc", "pressure", new=False)
+    with xr.open_dataset(tmp_path / "s.nc") as ds:
+        ds = ds.load()
+    ds["msl"][1] = np.nan
+    ds.to_netcdf(tmp_path / "s_nan.nc", engine="netcdf4")
+    out = tmp_path / "era5.nc"
+    argv = ["prepare", "--in", str(tmp_path / "s_nan.nc"), str(tmp_path / "p.nc"),
+            "--out", str(out), "--allow-any-grid"]
+    assert era5_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "channel msl is all NaN at 2023-09-08T06:00" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -1,0 +1,133 @@
+"""Run directories that cannot lie: SIGKILL and resume (also with --no-progress) is
+bit-identical and counts both attempts' time; a re-run clears the old outputs first;
+files get the user's umask."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime
+
+import numpy as np
+import pytest
+import xarray as xr
+from test_bad_inputs import _nan_era5, _umask, run_tfda, tfda_command
+from test_hurricane_lee import TINY_ANALOGUE, _era5_setup, _toml
+
+from experiments import hurricane_lee as lee
+
+# two EnSF cycles (a checkpoint after each), slow enough to be killed in between
+RESUMABLE = {**{k: v for k, v in TINY_ANALOGUE.items() if k != "progress"},
+             "obs_days": [-2, -1, 0], "ensf_steps": 150}
+
+
+def _outputs(out) -> dict[str, np.ndarray]:
+    arrays = {}
+    for name in ("analyses.nc", "tracks.nc"):
+        with xr.open_dataset(out / name) as ds:
+            arrays.update({f"{name}:{k}": ds[k].values for k in ds.data_vars})
+    return arrays
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_sigkill_then_resume_with_no_progress_is_bit_identical(tmp_path):
+    conf = _toml(tmp_path / "c.toml", RESUMABLE)
+    ref = tmp_path / "ref"
+    proc = run_tfda("lee", "--config", conf, "--out", str(ref), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "day" in proc.stdout and "err E km" in proc.stdout  # the per-day table
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # with progress bars: a cosmetic option that must not change the checkpoint's hash
+    child = subprocess.Popen([*tfda_command(), "lee", "--config", conf, "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    while not list((out / "checkpoints").glob("cycle-*.pt")):
+        assert child.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (out / "COMPLETE").exists() and not (out / "metrics.json").exists()
+    ckpt = next((out / "checkpoints").glob("cycle-*.pt"))
+    assert ckpt.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    first_attempt = json.loads(next((out / "checkpoints").glob("wall-*.json")).read_text())
+
+    proc = run_tfda("lee", "--config", conf, "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming from {ckpt}" in proc.stdout  # same hash despite --no-progress
+    assert (out / "COMPLETE").is_file() and not (out / "checkpoints").exists()
+    a, b = _outputs(ref), _outputs(out)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    m_ref = json.loads((ref / "metrics.json").read_text())
+    m_out = json.loads((out / "metrics.json").read_text())
+    assert m_ref["lead_days"] == m_out["lead_days"] and m_ref["cycle"] == m_out["cycle"]
+    # the resumed run counts the killed attempt's time (up to its checkpoint) too
+    assert m_out["wall_seconds"] > first_attempt["seconds"] > 0
+    for p in out.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o666 & ~_umask(), p
+
+
+def test_rerun_clears_old_outputs_before_anything_else(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    old = {"COMPLETE": "{}", "metrics.json": '{"old": 1}', "tracks.png": "", "tracks.nc": "",
+           "analyses.nc": "", "notes.txt": "mine"}
+    for name, text in old.items():
+        (out / name).write_text(text)
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "cycle-0123456789abcdef.pt").write_text("another configuration")
+    cfg = lee.LeeConfig.from_dict(TINY_ANALOGUE)
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed mid-run")
+
+    monkeypatch.setattr(lee, "_forecast_tracks", killed)
+    with pytest.raises(RuntimeError):
+        lee.run(cfg, out)
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["checkpoints", "config.json", "notes.txt"], left
+    assert json.loads((out / "config.json").read_text())["members"] == cfg.members
+    assert [p.name for p in (out / "checkpoints").iterdir()
+            if p.name.startswith("cycle-")] == [f"cycle-{cfg.fingerprint()}.pt"]
+
+
+def test_progress_is_not_part_of_the_fingerprint():
+    a = lee.LeeConfig.from_dict({**TINY_ANALOGUE, "progress": True})
+    b = lee.LeeConfig.from_dict({**TINY_ANALOGUE, "progress": False})
+    c = lee.LeeConfig.from_dict({**TINY_ANALOGUE, "progress": False, "seed": 7})
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_plot_tracks_cli_redraws_a_run(tmp_path):
+    out = tmp_path / "run"
+    conf = _toml(tmp_path / "c.toml", TINY_ANALOGUE)
+    assert lee.main(["--config", conf, "--out", str(out)]) == 0
+    (out / "tracks.png").unlink()
+    proc = run_tfda("plot-tracks", str(out), "--quantile", "0.5")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (out / "tracks.png").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_era5_is_checked_before_any_network_is_built(tmp_path, monkeypatch, capsys):
+    import models
+
+    era5, weights, cfg = _era5_setup(tmp_path)
+    bad = _nan_era5(era5, datetime(2023, 9, 8, 18), "u850")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was built before the data were checked")
+
+    monkeypatch.setattr(models, "load", no_network)
+    out = tmp_path / "run"
+    rc = lee.main(["--era5", str(bad), "--weights", str(weights), "--out", str(out),
+                   "--config", _toml(tmp_path / "c.toml", cfg)])
+    assert rc == 2 and "u850 has NaN/Inf values at 2023-09-08T18:00" in capsys.readouterr().err
+    assert not out.exists()
