@@ -3,8 +3,6 @@ setting, one bar series per filter, frequencies normalised so a flat histogram i
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from experiments.rundir import atomic_path  # noqa: E402
 
 
 def plot_rank_histograms(rows: list[dict[str, Any]], path: Path) -> None:
@@ -37,8 +37,6 @@ def plot_rank_histograms(rows: list[dict[str, Any]], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=path.suffix)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
