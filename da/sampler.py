@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from da._checks import check_finite, check_time_grid
+from da.devices import randn_like
 from da.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def _finish(name: str, z: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor
 def _gaussian_noise(generator: torch.Generator | None) -> NoiseFn:
     def draw(step: int, like: torch.Tensor) -> torch.Tensor:
         del step
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        return randn_like(like, generator)
 
     return draw
 

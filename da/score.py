@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from da._checks import check_finite, check_times
+from da.devices import randperm
 from da.schedule import Schedule
 
 DEFAULT_SCHEDULE = Schedule()
@@ -170,7 +171,7 @@ def mixture_score(
     if minibatch is not None:
         if not 0 < minibatch <= m:
             raise ValueError(f"minibatch must lie in [1, M={m}], got {minibatch}")
-        idx = torch.randperm(m, generator=generator)[:minibatch].to(x0.device)
+        idx = randperm(m, generator=generator, device=x0.device)[:minibatch]
         x0 = x0.index_select(batch_dims, idx)
         m = minibatch
 

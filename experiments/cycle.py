@@ -162,7 +162,7 @@ def run(cfg: dict[str, Any], out: str | os.PathLike, *, progress: bool = True):
     ens_spec = cfg.get("ensemble", {})
     members = int(ens_spec.get("members", 20))
     ensemble = truth[None] + float(ens_spec.get("spread", 1.0)) * torch.randn(
-        (members, *truth.shape), generator=gen, dtype=truth.dtype)
+        (members, *truth.shape), generator=gen, dtype=truth.dtype).to(truth.device)
     operator = _operator(cfg.get("observations", {}), tuple(truth.shape), model)
     analysis = _filter(cfg["filter"])
     out = Path(out)

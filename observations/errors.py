@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from da.devices import randn
+
 
 @runtime_checkable
 class ObservationError(Protocol):
@@ -35,7 +37,9 @@ class ObservationError(Protocol):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Draw noise of ``shape`` = (batch, *obs_shape)."""
+        """Draw noise of ``shape`` = (batch, *obs_shape) with ``generator`` on the
+        generator's own device, returned on ``device`` (default: where it was drawn);
+        see :mod:`da.devices` for the policy."""
         ...
 
 
@@ -71,8 +75,9 @@ class DiagonalError:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        noise = torch.randn(shape, generator=generator, dtype=dtype) * self._std.to(dtype)
-        return noise if device is None else noise.to(device)
+        # drawn on the generator's device and moved (da.devices); std joins it there
+        noise = randn(shape, generator=generator, dtype=dtype, device=device)
+        return noise * self._std.to(dtype=dtype, device=noise.device)
 
     def __repr__(self) -> str:
         s = self._std
