@@ -27,6 +27,7 @@ with one all_reduce and nothing of size d leaves the rank.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -104,11 +105,34 @@ def _all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | AllReduceSu
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
 
 
+ChunkSize = int | None | str
+
+
+def auto_chunk(n: int, m: int, d: int, itemsize: int, device: torch.device) -> int | None:
+    """Features per chunk when ``chunk_size="auto"``: bounded on a CPU, as large as
+    memory allows on an accelerator.
+
+    CPU: :data:`DEFAULT_CHUNK` (cache-sized chunks measured faster than one product).
+    CUDA: one chunk (None) when the chunk temporaries, about (2 N + M) d numbers,
+    fit in half of the free memory; otherwise the largest chunk that does. The free
+    memory is read once per call (no stream synchronisation); prepare the prior once
+    per analysis (:func:`prepare_prior`) to read it once per analysis.
+    """
+    if device.type != "cuda":
+        return DEFAULT_CHUNK
+    free, _ = torch.cuda.mem_get_info(device)
+    per_feature = (2 * n + m) * itemsize
+    if per_feature * d <= free // 2:
+        return None
+    return max(DEFAULT_CHUNK, int(free // 2 // per_feature))
+
+
 def _chunks(d: int, chunk_size: int | None) -> list[slice]:
     if chunk_size is None:
         return [slice(0, d)]
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive number of features, got {chunk_size}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive number of features, None or 'auto', "
+                         f"got {chunk_size!r}")
     return [slice(s, min(s + chunk_size, d)) for s in range(0, d, chunk_size)]
 
 
@@ -116,21 +140,114 @@ def _check_finite_chunked(name: str, x: torch.Tensor, slices: list[slice]) -> No
     """:func:`da._checks.check_finite` a feature chunk at a time.
 
     torch.isfinite on the whole of x holds temporaries larger than x itself; chunk by
-    chunk the check keeps the score's extra memory at O((N + M) chunk_size).
+    chunk the check keeps the score's extra memory at O((N + M) chunk_size). The
+    per-chunk verdicts stay on the device and are read once, at the end: one host
+    synchronisation per check instead of one per chunk.
     """
-    if all(bool(torch.isfinite(x[:, s]).all()) for s in slices):
+    ok = torch.ones((), dtype=torch.bool, device=x.device)
+    for s in slices:
+        ok &= torch.isfinite(x[:, s]).all()
+    if bool(ok):
         return
     check_finite(name, x)  # the error path: count every bad value for the message
 
 
+@dataclass(frozen=True)
+class PreparedPrior:
+    """What :func:`mixture_score` needs of a prior that does not change between calls.
+
+    Build it with :func:`prepare_prior` once per analysis and pass it as ``x0``: the
+    prior mean, the squared norms |x_j - mean|^2 (float64 for float32 priors, summed
+    over the same chunks as the score's products) and the chunking are then computed
+    once instead of at every sampler step. ``centred`` holds x_j - mean when the
+    prior was prepared with ``keep_centred=True`` (one extra copy of the prior, no
+    subtraction per step); otherwise the chunks are centred on the fly from ``x0``.
+    """
+
+    x0: torch.Tensor  # (B, M, d) the prior, batch dims flattened
+    mean: torch.Tensor | None  # (B, 1, d); None when centre=False
+    centred: torch.Tensor | None  # (B, M, d) x0 - mean, or None (centred per chunk)
+    norms: torch.Tensor  # (B, 1, M) in the logits' accumulation dtype
+    batch: tuple[int, ...]
+    features: tuple[int, ...]
+    chunk_size: int | None
+
+    @property
+    def m(self) -> int:
+        return self.x0.shape[1]
+
+    def chunk(self, s: slice) -> torch.Tensor:
+        """Centred prior restricted to the features ``s``, (B, M, len(s))."""
+        if self.centred is not None:
+            return self.centred[..., s]
+        xs = self.x0[..., s]
+        return xs if self.mean is None else xs - self.mean[..., s]
+
+    def select(self, idx: torch.Tensor) -> PreparedPrior:
+        """The members ``idx`` (a minibatch), keeping the full prior's mean: the
+        logits do not depend on the centre, only float32's cancellation does."""
+        return replace(self, x0=self.x0.index_select(1, idx), norms=self.norms.index_select(2, idx),
+                       centred=None if self.centred is None
+                       else self.centred.index_select(1, idx))
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype in (torch.float32, torch.float64) else dtype
+
+
+def prepare_prior(
+    x0: torch.Tensor,
+    *,
+    batch_dims: int = 0,
+    chunk_size: ChunkSize = "auto",
+    n_points: int | None = None,
+    centre: bool = True,
+    keep_centred: bool = False,
+    check_inputs: bool = True,
+) -> PreparedPrior:
+    """Centre the prior and take its squared norms once (see :class:`PreparedPrior`).
+
+    ``n_points``: N of the later calls, used by ``chunk_size="auto"`` on CUDA
+    (default M). ``keep_centred``: store x0 - mean (one more copy of the prior)
+    so that no step subtracts the mean again.
+    """
+    if batch_dims < 0 or x0.ndim < batch_dims + 2:
+        raise ValueError(f"x0 (shape {tuple(x0.shape)}) needs {max(batch_dims, 0)} batch "
+                         "dimension(s), a member dimension and features")
+    batch, m = tuple(x0.shape[:batch_dims]), x0.shape[batch_dims]
+    if m == 0:
+        raise ValueError("x0 is an empty prior: it holds no samples")
+    features = tuple(x0.shape[batch_dims + 1:])
+    d = math.prod(features)
+    xf = x0.reshape(-1, m, d)
+    if chunk_size == "auto":
+        chunk_size = auto_chunk(n_points or m, m, d, x0.element_size(), x0.device)
+    slices = _chunks(d, chunk_size)
+    if check_inputs:
+        _check_finite_chunked("x0", xf.reshape(-1, d), slices)
+    mean = None
+    if centre:
+        # chunk by chunk, as the score always centred: torch's reduction over a
+        # strided slice can round differently from the same slice of a whole-tensor mean
+        mean = xf.new_empty((xf.shape[0], 1, d))
+        for s in slices:
+            mean[..., s] = xf[..., s].mean(dim=1, keepdim=True)
+    centred = xf - mean if centre and keep_centred else None
+    prepared = PreparedPrior(xf, mean, centred, torch.empty(0), batch, features, chunk_size)
+    norms = torch.zeros(xf.shape[0], 1, m, dtype=_acc_dtype(x0.dtype), device=x0.device)
+    for s in slices:
+        norms += prepared.chunk(s).square().sum(dim=-1).unsqueeze(1).to(norms.dtype)
+    return replace(prepared, norms=norms)
+
+
 def mixture_score(
     z: torch.Tensor,
-    x0: torch.Tensor,
+    x0: torch.Tensor | PreparedPrior,
     t: float | torch.Tensor,
     schedule: Schedule = DEFAULT_SCHEDULE,
     *,
     batch_dims: int = 0,
-    chunk_size: int | None = DEFAULT_CHUNK,
+    chunk_size: ChunkSize = "auto",
     minibatch: int | None = None,
     generator: torch.Generator | None = None,
     centre: bool = True,
@@ -141,12 +258,16 @@ def mixture_score(
 
     Args:
         z: points (*batch, N, *features) at which the score is wanted.
-        x0: prior samples (*batch, M, *features) (the forecast ensemble).
+        x0: prior samples (*batch, M, *features) (the forecast ensemble), or the
+            :class:`PreparedPrior` of :func:`prepare_prior` (its chunking, centring
+            and batch dims then apply; ``chunk_size`` must be "auto" or the same).
         t: diffusion time(s) in (0, 1]; see the module docstring for shapes.
         schedule: the alpha/beta schedule of Eq. (5).
         batch_dims: number of leading batch dimensions of ``z`` and ``x0``.
         chunk_size: features per chunk; the extra memory beyond the output is then
             O((N + M) chunk_size + N M) instead of O((N + M) d). None: one chunk.
+            "auto" (default): :func:`auto_chunk` (65536 on CPU; on CUDA one chunk
+            unless free memory asks for less).
         minibatch: use a random subset of this many prior samples (same subset
             for every row and batch); draws from ``generator``. Under sharding every
             rank must pass an identically seeded generator.
@@ -162,57 +283,72 @@ def mixture_score(
     Returns:
         The score, shaped and typed like ``z``.
     """
-    batch, n, m, d_local = _split_shapes(z, x0, batch_dims, paired=False)
-    slices = _chunks(d_local, chunk_size)
+    idx = None
+    if minibatch is not None:
+        m_all = x0.m if isinstance(x0, PreparedPrior) else x0.shape[batch_dims]
+        if not 0 < minibatch <= m_all:
+            raise ValueError(f"minibatch must lie in [1, M={m_all}], got {minibatch}")
+        idx = randperm(m_all, generator=generator, device=z.device)[:minibatch]
+    if isinstance(x0, PreparedPrior):
+        prior = x0 if idx is None else x0.select(idx)
+        if chunk_size != "auto" and chunk_size != prior.chunk_size:
+            raise ValueError(f"chunk_size={chunk_size!r} differs from the prepared prior's "
+                             f"{prior.chunk_size!r}; prepare it with that chunk_size")
+        batch_dims = len(prior.batch)
+        probe = torch.empty((*prior.batch, prior.m, *prior.features), device="meta",
+                            dtype=prior.x0.dtype)
+        batch, n, m, d_local = _split_shapes(z, probe, batch_dims, paired=False)
+    else:
+        batch, n, m, d_local = _split_shapes(z, x0, batch_dims, paired=False)
+        if check_inputs:  # before the minibatch, so that every member is checked
+            _check_finite_chunked("x0", x0.reshape(-1, d_local), _chunks(
+                d_local, DEFAULT_CHUNK if chunk_size == "auto" else chunk_size))
+        x_used = x0 if idx is None else x0.index_select(batch_dims, idx.to(x0.device))
+        prior = prepare_prior(x_used, batch_dims=batch_dims, chunk_size=chunk_size,
+                              n_points=n, centre=centre, check_inputs=False)
+    slices = _chunks(d_local, prior.chunk_size)
     if check_inputs:
         _check_finite_chunked("z", z.reshape(-1, d_local), slices)
-        _check_finite_chunked("x0", x0.reshape(-1, d_local), slices)
         check_times("t", t)
-    if minibatch is not None:
-        if not 0 < minibatch <= m:
-            raise ValueError(f"minibatch must lie in [1, M={m}], got {minibatch}")
-        idx = randperm(m, generator=generator, device=x0.device)[:minibatch]
-        x0 = x0.index_select(batch_dims, idx)
-        m = minibatch
+    return _two_passes(z.reshape(-1, n, d_local), prior, t, schedule, batch, slices,
+                       group).reshape(z.shape)
 
-    zf = z.reshape(-1, n, d_local)
-    xf = x0.reshape(-1, m, d_local)
-    alpha, beta2 = _time_coefficients(t, schedule, batch, n, z)
+
+def _two_passes(zf: torch.Tensor, prior: PreparedPrior, t: float | torch.Tensor,
+                schedule: Schedule, batch: tuple[int, ...], slices: list[slice],
+                group: dist.ProcessGroup | AllReduceSum | None) -> torch.Tensor:
+    """Logits over the chunks (pass 1), softmax, weighted prior mean (pass 2)."""
+    n = zf.shape[1]
+    alpha, beta2 = _time_coefficients(t, schedule, batch, n, zf)
     alpha, beta2 = alpha.reshape(-1, n, 1), beta2.reshape(-1, n, 1)
+    mean = prior.mean
 
-    def centred(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, zs = xf[..., s], zf[..., s]
-        if not centre:
-            return xs, zs
-        mu = xs.mean(dim=1, keepdim=True)
-        return xs - mu, zs - alpha * mu
+    def z_centred(s: slice) -> torch.Tensor:
+        return zf[..., s] if mean is None else zf[..., s] - alpha * mean[..., s]
 
     # Logits accumulate in float64 across chunks: N x M numbers, so this is free,
     # and it keeps the chunked sum as accurate as one long product.
-    acc = torch.float64 if z.dtype in (torch.float32, torch.float64) else z.dtype
-    cross = torch.zeros(zf.shape[0], n, m, dtype=acc, device=z.device)
-    norms = torch.zeros(zf.shape[0], 1, m, dtype=acc, device=z.device)
+    acc = prior.norms.dtype
+    cross = torch.zeros(zf.shape[0], n, prior.m, dtype=acc, device=zf.device)
     for s in slices:
-        xc, zc = centred(s)
-        cross += (zc @ xc.transpose(-1, -2)).to(acc)
-        norms += xc.square().sum(dim=-1).unsqueeze(1).to(acc)
-    partial = (alpha / beta2).to(acc) * cross - (alpha.square() / (2 * beta2)).to(acc) * norms
+        cross += (z_centred(s) @ prior.chunk(s).transpose(-1, -2)).to(acc)
+    partial = (alpha / beta2).to(acc) * cross - (alpha.square() / (2 * beta2)).to(acc) * (
+        prior.norms)
     # The all_reduce payload is N x M numbers in z's dtype (the only traffic of a
     # sharded evaluation); the single-process path rounds the same way so that
     # sharded and unsharded runs agree to summation order.
-    partial = partial.to(z.dtype)
+    partial = partial.to(zf.dtype)
     if group is not None:
         _all_reduce_sum(partial, group)
     weights = torch.softmax(partial, dim=-1)
 
-    # The output pass centres each chunk again instead of keeping the centred copies:
-    # keeping them would cost O((N + M) d) memory. The mean cancels in exact arithmetic
-    # (the weights sum to one), but centring keeps float32's cancellation small.
+    # The output pass centres each chunk of z again instead of keeping the centred
+    # copies (O(N d) memory). The mean cancels in exact arithmetic (the weights sum
+    # to one), but centring keeps float32's cancellation small.
     out = torch.empty_like(zf)
     for s in slices:
-        xc, zc = centred(s)
-        out[..., s] = -(zc - alpha * (weights @ xc)) / beta2
-    return out.reshape(z.shape)
+        out[..., s] = -(z_centred(s) - alpha * (weights @ prior.chunk(s))) / beta2
+    return out
 
 
 def paired_score(
