@@ -14,6 +14,12 @@ translating every x_j by mu and z_i by alpha mu, so both are centred on the prio
 mean first; that keeps float32 accurate when d is 1e6-1e7 and the members differ
 by a small fraction of their norm.
 
+The prior does not change during one analysis: :func:`prepare_prior` takes its
+mean, its squared norms and the chunking once, and :func:`mixture_score` accepts
+the resulting :class:`PreparedPrior` in place of ``x0`` with identical results.
+Inside the chunk loops nothing waits for the device (the finite checks read one
+flag per call), and on CUDA the chunking is only as fine as free memory requires.
+
 Shapes: ``z`` is (*batch, N, *features), ``x0`` is (*batch, M, *features), with
 ``batch_dims`` leading batch dimensions shared by both (a stack of independent
 prior sets). ``t`` is a float, a tensor shaped like the batch (one time per prior
