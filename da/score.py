@@ -323,21 +323,43 @@ def mixture_score(
 def _two_passes(zf: torch.Tensor, prior: PreparedPrior, t: float | torch.Tensor,
                 schedule: Schedule, batch: tuple[int, ...], slices: list[slice],
                 group: dist.ProcessGroup | AllReduceSum | None) -> torch.Tensor:
-    """Logits over the chunks (pass 1), softmax, weighted prior mean (pass 2)."""
+    """Logits over the chunks (pass 1), softmax, weighted prior mean (pass 2).
+
+    Without autograd the chunk temporaries live in two buffers reused by every chunk
+    and both passes, and the elementwise steps run in place in the order of the
+    out-of-place expressions (so the numbers are theirs); with one chunk the centred
+    z of pass 1 is reused by pass 2 and becomes the output.
+    """
     n = zf.shape[1]
     alpha, beta2 = _time_coefficients(t, schedule, batch, n, zf)
     alpha, beta2 = alpha.reshape(-1, n, 1), beta2.reshape(-1, n, 1)
     mean = prior.mean
+    in_place = not (torch.is_grad_enabled() and (zf.requires_grad or prior.x0.requires_grad))
+    width = max(s.stop - s.start for s in slices)
+    # two separate blocks: with one chunk the first becomes the output and must not
+    # keep the second alive
+    buffers = [zf.new_empty(zf.shape[0] * n * width) for _ in range(2)] if in_place else []
+
+    def scratch(i: int, s: slice) -> torch.Tensor:
+        return buffers[i][: zf.shape[0] * n * (s.stop - s.start)].view(
+            zf.shape[0], n, s.stop - s.start)
 
     def z_centred(s: slice) -> torch.Tensor:
-        return zf[..., s] if mean is None else zf[..., s] - alpha * mean[..., s]
+        if mean is None:
+            return zf[..., s]
+        if not in_place:
+            return zf[..., s] - alpha * mean[..., s]
+        buf = torch.mul(alpha, mean[..., s], out=scratch(0, s))
+        return torch.sub(zf[..., s], buf, out=buf)
 
     # Logits accumulate in float64 across chunks: N x M numbers, so this is free,
     # and it keeps the chunked sum as accurate as one long product.
     acc = prior.norms.dtype
     cross = torch.zeros(zf.shape[0], n, prior.m, dtype=acc, device=zf.device)
+    zc = None
     for s in slices:
-        cross += (z_centred(s) @ prior.chunk(s).transpose(-1, -2)).to(acc)
+        zc = z_centred(s)
+        cross += (zc @ prior.chunk(s).transpose(-1, -2)).to(acc)
     partial = (alpha / beta2).to(acc) * cross - (alpha.square() / (2 * beta2)).to(acc) * (
         prior.norms)
     # The all_reduce payload is N x M numbers in z's dtype (the only traffic of a
@@ -351,9 +373,22 @@ def _two_passes(zf: torch.Tensor, prior: PreparedPrior, t: float | torch.Tensor,
     # The output pass centres each chunk of z again instead of keeping the centred
     # copies (O(N d) memory). The mean cancels in exact arithmetic (the weights sum
     # to one), but centring keeps float32's cancellation small.
-    out = torch.empty_like(zf)
+    if not in_place:
+        out = torch.empty_like(zf)
+        for s in slices:
+            out[..., s] = -(z_centred(s) - alpha * (weights @ prior.chunk(s))) / beta2
+        return out
+    single = len(slices) == 1 and mean is not None
+    out = None if single else torch.empty_like(zf)
     for s in slices:
-        out[..., s] = -(z_centred(s) - alpha * (weights @ prior.chunk(s))) / beta2
+        zc = zc if single else z_centred(s)
+        if not single and mean is None:
+            zc = scratch(0, s).copy_(zc)  # z itself: never written
+        wx = torch.matmul(weights, prior.chunk(s), out=scratch(1, s)).mul_(alpha)
+        res = torch.sub(zc, wx, out=zc).neg_().div_(beta2)
+        if single:
+            return res
+        out[..., s] = res
     return out
 
 
