@@ -58,14 +58,19 @@ class DiagonalError:
         if not bool(torch.isfinite(std_t).all()) or bool((std_t <= 0).any()):
             raise ValueError(f"std must be finite and > 0, got min {float(std_t.min())}")
         self._std = std_t
+        # std per (dtype, device): precision_matvec runs at every sampler step, and a
+        # host-to-device copy each time would stall the GPU stream
+        self._cache: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     @property
     def std(self) -> torch.Tensor:
         return self._std
 
     def precision_matvec(self, residual: torch.Tensor) -> torch.Tensor:
-        var = self._std.to(dtype=residual.dtype, device=residual.device).square()
-        return residual / var
+        key = (residual.dtype, residual.device)
+        if key not in self._cache:
+            self._cache[key] = self._std.to(dtype=residual.dtype, device=residual.device).square()
+        return residual / self._cache[key]
 
     def sample(
         self,
