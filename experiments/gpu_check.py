@@ -13,7 +13,8 @@ default 290, shared out by :data:`SHARES`), with a closing table:
 * ``ensf``: full-state EnSF analyses, N = 20, d = 20 x 720 x 1440, identity H,
   100 steps: paired/ODE, paired/SDE, mixture/SDE (times and peak memory);
 * ``score``: the CUDA rows of ``experiments.bench_score`` (d = 1e6, 1e7, 2.07e7);
-* ``models``: the CUDA rows of ``experiments.bench_models`` (FourCastNet, 1 step).
+* ``models``: the CUDA rows of ``experiments.bench_models`` (FourCastNet, 1 step, 4
+  and 20 members) and the bf16-vs-float32 difference over 8 days.
 
 Without CUDA it prints one line saying why and exits 0. ``--device cpu --small``
 runs the same parts at toy sizes on the CPU (what the test suite does, so that the
@@ -187,7 +188,7 @@ def part_models(device: str, small: bool, work: Path) -> int:
     from experiments import bench_models
 
     rc = bench_models.main(["--skip-barotropic", "--members", "4", "--repeats", "3",
-                            "--no-progress"])
+                            "--no-progress", "--bf16-days", "8"])
     return rc or bench_models.main(["--skip-barotropic", "--members", "20", "--repeats", "2",
                                     "--no-progress"])
 
