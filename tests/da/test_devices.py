@@ -90,3 +90,62 @@ def test_a_checkpoint_from_another_device_type_is_refused_by_name():
     other = torch.Generator().manual_seed(1)
     _restore_generator(other, {"generator": g.get_state()})  # older checkpoints: no key
     assert torch.equal(other.get_state(), g.get_state())
+
+
+# ----------------------------------------------------------------------------- CUDA only
+# Skipped on CPU-only machines; a session with a GPU runs them with
+#     python -m pytest tests/da/test_devices.py
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("kind", ["ensf", "letkf"])
+def test_a_twin_cycle_runs_on_cuda_and_resumes(tmp_path, kind):
+    """The issue-12 crash: the cycle's CUDA generator met a CPU draw in DiagonalError."""
+    from da.cycle import run_cycle
+    from da.filters import LETKF, EnSF, periodic_distance
+    from experiments.checkpoint import FileCheckpointer
+    from models.lorenz96 import Lorenz96
+    from observations.operators import Arctan
+
+    model = Lorenz96(nx=40, dt=0.05, device="cuda")
+    g = torch.Generator().manual_seed(0)
+    truth = model.spin_up(100, generator=g, dtype=torch.float32)[0]
+    ens = truth + devices.randn((10, 40), generator=g, device="cuda")
+    op = Arctan(0.05, indices=list(range(40)))
+    filt = (EnSF(steps=10, score="mixture", minibatch=8) if kind == "ensf"
+            else LETKF(radius=4.0, distance=periodic_distance(40), inflation=1.05))
+    full = run_cycle(model, filt, op, ens, n_cycles=4, truth=truth, seed=1, progress=False)
+    assert full["ensemble"].shape == (10, 40)
+    ckpt = FileCheckpointer(tmp_path / "state.pt")
+    run_cycle(model, filt, op, ens, n_cycles=2, truth=truth, seed=1, progress=False,
+              checkpointer=ckpt)
+    resumed = run_cycle(model, filt, op, ens, n_cycles=4, truth=truth, seed=1,
+                        progress=False, checkpointer=ckpt)
+    torch.testing.assert_close(torch.tensor(resumed["ensemble"].values),
+                               torch.tensor(full["ensemble"].values), rtol=0, atol=0)
+
+
+@cuda
+def test_cpu_generator_drives_cuda_draws_and_matches_the_cpu_numbers():
+    out = devices.randn((3, 5), generator=torch.Generator().manual_seed(2), device="cuda")
+    ref = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+    assert out.device.type == "cuda" and torch.equal(out.cpu(), ref)
+    err = DiagonalError(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    assert err.sample((2, 5), generator=gen).device.type == "cuda"
+    assert err.sample((2, 5), generator=gen, device="cpu").device.type == "cpu"
+
+
+@cuda
+def test_the_score_on_cuda_agrees_with_the_cpu():
+    from da.score import prepare_prior
+
+    g = torch.Generator().manual_seed(3)
+    x0 = 10 + torch.randn(20, 50_000, generator=g, dtype=torch.float64)
+    z = torch.randn(20, 50_000, generator=g, dtype=torch.float64)
+    ref = mixture_score(z, x0, 0.3)
+    prior = prepare_prior(x0.cuda(), keep_centred=True)
+    torch.testing.assert_close(mixture_score(z.cuda(), prior, 0.3).cpu(), ref,
+                               rtol=1e-10, atol=1e-10)
