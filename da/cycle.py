@@ -23,8 +23,8 @@ are used (:mod:`da.devices` gives the policy: a CUDA run is reproducible on CUDA
 but does not repeat a CPU run's numbers); the checkpoint holds it, torch's global
 generator state, the ensemble, the truth and the metrics so far, so that a run
 stopped after cycle k and restarted with the same arguments resumes at k + 1 and
-ends identical to an uninterrupted run. ``da`` does no I/O: ``checkpointer`` is any object with
-``save(state: dict) -> None`` and ``load() -> dict | None`` (see
+ends identical to an uninterrupted run. ``da`` does no I/O: ``checkpointer`` is any
+object with ``save(state: dict) -> None`` and ``load() -> dict | None`` (see
 experiments/checkpoint.py for the atomic file implementation).
 """
 
