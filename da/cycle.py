@@ -19,11 +19,13 @@ cycle k = 1..n_cycles:
 The result is an ``xarray.Dataset`` with the per-cycle metrics on dim ``cycle``,
 the final ``ensemble`` (dims member, s0, s1, ...) and, for a twin, the final
 ``truth``. Every random draw comes from one ``torch.Generator`` seeded with
-``seed``; the checkpoint holds it, torch's global generator state, the ensemble,
-the truth and the metrics so far, so that a run stopped after cycle k and
-restarted with the same arguments resumes at k + 1 and ends identical to an
-uninterrupted run. ``da`` does no I/O: ``checkpointer`` is any object with
-``save(state: dict) -> None`` and ``load() -> dict | None`` (see
+``seed``, created on the ensemble's device so that the draws are made where they
+are used (:mod:`da.devices` gives the policy: a CUDA run is reproducible on CUDA
+but does not repeat a CPU run's numbers); the checkpoint holds it, torch's global
+generator state, the ensemble, the truth and the metrics so far, so that a run
+stopped after cycle k and restarted with the same arguments resumes at k + 1 and
+ends identical to an uninterrupted run. ``da`` does no I/O: ``checkpointer`` is any
+object with ``save(state: dict) -> None`` and ``load() -> dict | None`` (see
 experiments/checkpoint.py for the atomic file implementation).
 """
 
@@ -68,6 +70,19 @@ def _accepts_generator(fn: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return False
     return "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _restore_generator(generator: torch.Generator, state: dict[str, Any]) -> None:
+    """Set the cycle's generator from a checkpoint saved on the same device type.
+
+    CPU and CUDA generators keep different states (Mersenne Twister, Philox), so a
+    checkpoint written on one cannot continue the random stream on the other.
+    """
+    saved = state.get("generator_device", generator.device.type)
+    if saved != generator.device.type:
+        raise ValueError(f"the checkpoint's random state was saved by a {saved} run; resume "
+                         f"it on {saved} (this ensemble is on {generator.device.type})")
+    generator.set_state(state["generator"].cpu())
 
 
 def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -145,7 +160,7 @@ def run_cycle(
             raise ValueError("the checkpoint's ensemble shape differs from ensemble's")
         ensemble = state["ensemble"].to(ensemble)
         truth = None if state["truth"] is None else state["truth"].to(ensemble)
-        generator.set_state(state["generator"])
+        _restore_generator(generator, state)
         torch.set_rng_state(state["torch_rng"])
         history = {k: list(v) for k, v in state["history"].items()}
         start = state["cycle"] + 1
@@ -192,6 +207,7 @@ def run_cycle(
             checkpointer.save({
                 "cycle": k, "n_cycles_total": n_cycles, "ensemble": ensemble,
                 "truth": truth, "generator": generator.get_state(),
+                "generator_device": generator.device.type,
                 "torch_rng": torch.get_rng_state(), "history": history,
             })
     return _dataset(history, ensemble, truth)

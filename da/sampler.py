@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from da._checks import check_finite, check_time_grid
+from da.devices import randn_like
 from da.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -107,14 +108,6 @@ def _finish(name: str, z: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor
     return z
 
 
-def _gaussian_noise(generator: torch.Generator | None) -> NoiseFn:
-    def draw(step: int, like: torch.Tensor) -> torch.Tensor:
-        del step
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-
-    return draw
-
-
 def sample_sde(
     score: ScoreFn,
     z: torch.Tensor,
@@ -142,16 +135,36 @@ def sample_sde(
     check_time_grid("timesteps", timesteps)
     check_finite("z", z)
     _check_start(schedule, float(timesteps[0]))
-    draw = noise or _gaussian_noise(generator)
     times = timesteps.tolist()
+    # The state and the drift live in two buffers updated in place, with the operations
+    # of Eq. (6) in the same order as the expression
+    #     z - (b z - s2 S) dt + sqrt(s2 dt) xi,
+    # so the numbers are those of the out-of-place form; the score's output and the
+    # noise are the only fresh state-sized tensors per step (the default noise is drawn
+    # into a third buffer). The caller's z is never written.
+    z = z.clone()
+    drift = torch.empty_like(z)
+    scratch = torch.empty_like(z)
     for k in tqdm(range(len(times) - 1), disable=not progress, desc="SDE", leave=False):
         t, t_next = times[k], times[k + 1]
         dt = t - t_next
-        drift = schedule.drift(t) * z - schedule.diffusion2(t) * score(z, t)
-        z = z - drift * dt + (schedule.diffusion2(t) * dt) ** 0.5 * draw(k, z)
+        s2 = schedule.diffusion2(t)
+        torch.mul(score(z, t), s2, out=scratch)
+        torch.mul(z, schedule.drift(t), out=drift).sub_(scratch).mul_(dt)
+        xi = noise(k, z) if noise is not None else _draw_into(scratch, generator)
+        z.sub_(drift).add_(torch.mul(xi, (s2 * dt) ** 0.5, out=scratch))
         if callback is not None:
-            callback(k, t_next, z)
+            callback(k, t_next, z.clone())  # the callback may keep it; z is rewritten
     return _finish("sample_sde", z, timesteps)
+
+
+def _draw_into(buffer: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) into ``buffer`` when the generator lives on its device (no allocation);
+    otherwise drawn on the generator's device and copied in (da.devices)."""
+    if generator is None or torch.device(generator.device) == buffer.device:
+        return torch.randn(buffer.shape, generator=generator, dtype=buffer.dtype,
+                           device=buffer.device, out=buffer)
+    return buffer.copy_(randn_like(buffer, generator))
 
 
 def sample_ode(
@@ -186,8 +199,22 @@ def sample_ode(
             fine_method=method, callback=callback, progress=progress,
         ), timesteps)
     times = timesteps.tolist()
+    if method != "euler":
+        for k in tqdm(range(len(times) - 1), disable=not progress, desc="ODE", leave=False):
+            z = ode_step(score, z, times[k], times[k + 1], schedule, method)
+            if callback is not None:
+                callback(k, times[k + 1], z)
+        return _finish("sample_ode", z, timesteps)
+    # Euler in place: z - h (b z - 0.5 s2 S) with the operations of ode_step in the same
+    # order, so the numbers are its own; the caller's z is never written.
+    z = z.clone()
+    v = torch.empty_like(z)
+    scratch = torch.empty_like(z)
     for k in tqdm(range(len(times) - 1), disable=not progress, desc="ODE", leave=False):
-        z = ode_step(score, z, times[k], times[k + 1], schedule, method)
+        t, t_next = times[k], times[k + 1]
+        torch.mul(score(z, t), 0.5 * float(schedule.diffusion2(t)), out=scratch)
+        torch.mul(z, float(schedule.drift(t)), out=v).sub_(scratch)
+        z.sub_(v.mul_(float(t - t_next)))
         if callback is not None:
-            callback(k, times[k + 1], z)
+            callback(k, t_next, z.clone())  # the callback may keep it; z is rewritten
     return _finish("sample_ode", z, timesteps)

@@ -14,6 +14,12 @@ translating every x_j by mu and z_i by alpha mu, so both are centred on the prio
 mean first; that keeps float32 accurate when d is 1e6-1e7 and the members differ
 by a small fraction of their norm.
 
+The prior does not change during one analysis: :func:`prepare_prior` takes its
+mean, its squared norms and the chunking once, and :func:`mixture_score` accepts
+the resulting :class:`PreparedPrior` in place of ``x0`` with identical results.
+Inside the chunk loops nothing waits for the device (the finite checks read one
+flag per call), and on CUDA the chunking is only as fine as free memory requires.
+
 Shapes: ``z`` is (*batch, N, *features), ``x0`` is (*batch, M, *features), with
 ``batch_dims`` leading batch dimensions shared by both (a stack of independent
 prior sets). ``t`` is a float, a tensor shaped like the batch (one time per prior
@@ -33,12 +39,24 @@ import torch
 import torch.distributed as dist
 
 from da._checks import check_finite, check_times
+from da.devices import randperm
+from da.prepared import (
+    DEFAULT_CHUNK,
+    ChunkSize,
+    PreparedPrior,
+    _check_finite_chunked,
+    _chunks,
+    auto_chunk,
+    prepare_prior,
+)
 from da.schedule import Schedule
 
+__all__ = [
+    "DEFAULT_CHUNK", "DEFAULT_SCHEDULE", "AllReduceSum", "PreparedPrior", "auto_chunk",
+    "mixture_score", "paired_score", "prepare_prior",
+]
+
 DEFAULT_SCHEDULE = Schedule()
-# 65536 features a chunk: a few MB per member in float32, and measured faster than one
-# big product on CPU (experiments/bench_score.py); None means a single chunk.
-DEFAULT_CHUNK = 65536
 
 
 def _split_shapes(
@@ -103,33 +121,14 @@ def _all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | AllReduceSu
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
 
 
-def _chunks(d: int, chunk_size: int | None) -> list[slice]:
-    if chunk_size is None:
-        return [slice(0, d)]
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive number of features, got {chunk_size}")
-    return [slice(s, min(s + chunk_size, d)) for s in range(0, d, chunk_size)]
-
-
-def _check_finite_chunked(name: str, x: torch.Tensor, slices: list[slice]) -> None:
-    """:func:`da._checks.check_finite` a feature chunk at a time.
-
-    torch.isfinite on the whole of x holds temporaries larger than x itself; chunk by
-    chunk the check keeps the score's extra memory at O((N + M) chunk_size).
-    """
-    if all(bool(torch.isfinite(x[:, s]).all()) for s in slices):
-        return
-    check_finite(name, x)  # the error path: count every bad value for the message
-
-
 def mixture_score(
     z: torch.Tensor,
-    x0: torch.Tensor,
+    x0: torch.Tensor | PreparedPrior,
     t: float | torch.Tensor,
     schedule: Schedule = DEFAULT_SCHEDULE,
     *,
     batch_dims: int = 0,
-    chunk_size: int | None = DEFAULT_CHUNK,
+    chunk_size: ChunkSize = "auto",
     minibatch: int | None = None,
     generator: torch.Generator | None = None,
     centre: bool = True,
@@ -140,12 +139,16 @@ def mixture_score(
 
     Args:
         z: points (*batch, N, *features) at which the score is wanted.
-        x0: prior samples (*batch, M, *features) (the forecast ensemble).
+        x0: prior samples (*batch, M, *features) (the forecast ensemble), or the
+            :class:`PreparedPrior` of :func:`prepare_prior` (its chunking, centring
+            and batch dims then apply; ``chunk_size`` must be "auto" or the same).
         t: diffusion time(s) in (0, 1]; see the module docstring for shapes.
         schedule: the alpha/beta schedule of Eq. (5).
         batch_dims: number of leading batch dimensions of ``z`` and ``x0``.
         chunk_size: features per chunk; the extra memory beyond the output is then
             O((N + M) chunk_size + N M) instead of O((N + M) d). None: one chunk.
+            "auto" (default): :func:`auto_chunk` (65536 on CPU; on CUDA one chunk
+            unless free memory asks for less).
         minibatch: use a random subset of this many prior samples (same subset
             for every row and batch); draws from ``generator``. Under sharding every
             rank must pass an identically seeded generator.
@@ -161,57 +164,107 @@ def mixture_score(
     Returns:
         The score, shaped and typed like ``z``.
     """
-    batch, n, m, d_local = _split_shapes(z, x0, batch_dims, paired=False)
-    slices = _chunks(d_local, chunk_size)
+    idx = None
+    if minibatch is not None:
+        m_all = x0.m if isinstance(x0, PreparedPrior) else x0.shape[batch_dims]
+        if not 0 < minibatch <= m_all:
+            raise ValueError(f"minibatch must lie in [1, M={m_all}], got {minibatch}")
+        idx = randperm(m_all, generator=generator, device=z.device)[:minibatch]
+    if isinstance(x0, PreparedPrior):
+        prior = x0 if idx is None else x0.select(idx)
+        if chunk_size != "auto" and chunk_size != prior.chunk_size:
+            raise ValueError(f"chunk_size={chunk_size!r} differs from the prepared prior's "
+                             f"{prior.chunk_size!r}; prepare it with that chunk_size")
+        batch_dims = len(prior.batch)
+        probe = torch.empty((*prior.batch, prior.m, *prior.features), device="meta",
+                            dtype=prior.x0.dtype)
+        batch, n, m, d_local = _split_shapes(z, probe, batch_dims, paired=False)
+    else:
+        batch, n, m, d_local = _split_shapes(z, x0, batch_dims, paired=False)
+        if check_inputs:  # before the minibatch, so that every member is checked
+            _check_finite_chunked("x0", x0.reshape(-1, d_local), _chunks(
+                d_local, DEFAULT_CHUNK if chunk_size == "auto" else chunk_size))
+        x_used = x0 if idx is None else x0.index_select(batch_dims, idx.to(x0.device))
+        prior = prepare_prior(x_used, batch_dims=batch_dims, chunk_size=chunk_size,
+                              n_points=n, centre=centre, check_inputs=False)
+    slices = _chunks(d_local, prior.chunk_size)
     if check_inputs:
         _check_finite_chunked("z", z.reshape(-1, d_local), slices)
-        _check_finite_chunked("x0", x0.reshape(-1, d_local), slices)
         check_times("t", t)
-    if minibatch is not None:
-        if not 0 < minibatch <= m:
-            raise ValueError(f"minibatch must lie in [1, M={m}], got {minibatch}")
-        idx = torch.randperm(m, generator=generator)[:minibatch].to(x0.device)
-        x0 = x0.index_select(batch_dims, idx)
-        m = minibatch
+    return _two_passes(z.reshape(-1, n, d_local), prior, t, schedule, batch, slices,
+                       group).reshape(z.shape)
 
-    zf = z.reshape(-1, n, d_local)
-    xf = x0.reshape(-1, m, d_local)
-    alpha, beta2 = _time_coefficients(t, schedule, batch, n, z)
+
+def _two_passes(zf: torch.Tensor, prior: PreparedPrior, t: float | torch.Tensor,
+                schedule: Schedule, batch: tuple[int, ...], slices: list[slice],
+                group: dist.ProcessGroup | AllReduceSum | None) -> torch.Tensor:
+    """Logits over the chunks (pass 1), softmax, weighted prior mean (pass 2).
+
+    Without autograd the chunk temporaries live in two buffers reused by every chunk
+    and both passes, and the elementwise steps run in place in the order of the
+    out-of-place expressions (so the numbers are theirs); with one chunk the centred
+    z of pass 1 is reused by pass 2 and becomes the output.
+    """
+    n = zf.shape[1]
+    alpha, beta2 = _time_coefficients(t, schedule, batch, n, zf)
     alpha, beta2 = alpha.reshape(-1, n, 1), beta2.reshape(-1, n, 1)
+    mean = prior.mean
+    in_place = not (torch.is_grad_enabled() and (zf.requires_grad or prior.x0.requires_grad))
+    width = max(s.stop - s.start for s in slices)
+    # two separate blocks: with one chunk the first becomes the output and must not
+    # keep the second alive
+    buffers = [zf.new_empty(zf.shape[0] * n * width) for _ in range(2)] if in_place else []
 
-    def centred(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, zs = xf[..., s], zf[..., s]
-        if not centre:
-            return xs, zs
-        mu = xs.mean(dim=1, keepdim=True)
-        return xs - mu, zs - alpha * mu
+    def scratch(i: int, s: slice) -> torch.Tensor:
+        return buffers[i][: zf.shape[0] * n * (s.stop - s.start)].view(
+            zf.shape[0], n, s.stop - s.start)
+
+    def z_centred(s: slice) -> torch.Tensor:
+        if mean is None:
+            return zf[..., s]
+        if not in_place:
+            return zf[..., s] - alpha * mean[..., s]
+        buf = torch.mul(alpha, mean[..., s], out=scratch(0, s))
+        return torch.sub(zf[..., s], buf, out=buf)
 
     # Logits accumulate in float64 across chunks: N x M numbers, so this is free,
     # and it keeps the chunked sum as accurate as one long product.
-    acc = torch.float64 if z.dtype in (torch.float32, torch.float64) else z.dtype
-    cross = torch.zeros(zf.shape[0], n, m, dtype=acc, device=z.device)
-    norms = torch.zeros(zf.shape[0], 1, m, dtype=acc, device=z.device)
+    acc = prior.norms.dtype
+    cross = torch.zeros(zf.shape[0], n, prior.m, dtype=acc, device=zf.device)
+    zc = None
     for s in slices:
-        xc, zc = centred(s)
-        cross += (zc @ xc.transpose(-1, -2)).to(acc)
-        norms += xc.square().sum(dim=-1).unsqueeze(1).to(acc)
-    partial = (alpha / beta2).to(acc) * cross - (alpha.square() / (2 * beta2)).to(acc) * norms
+        zc = z_centred(s)
+        cross += (zc @ prior.chunk(s).transpose(-1, -2)).to(acc)
+    partial = (alpha / beta2).to(acc) * cross - (alpha.square() / (2 * beta2)).to(acc) * (
+        prior.norms)
     # The all_reduce payload is N x M numbers in z's dtype (the only traffic of a
     # sharded evaluation); the single-process path rounds the same way so that
     # sharded and unsharded runs agree to summation order.
-    partial = partial.to(z.dtype)
+    partial = partial.to(zf.dtype)
     if group is not None:
         _all_reduce_sum(partial, group)
     weights = torch.softmax(partial, dim=-1)
 
-    # The output pass centres each chunk again instead of keeping the centred copies:
-    # keeping them would cost O((N + M) d) memory. The mean cancels in exact arithmetic
-    # (the weights sum to one), but centring keeps float32's cancellation small.
-    out = torch.empty_like(zf)
+    # The output pass centres each chunk of z again instead of keeping the centred
+    # copies (O(N d) memory). The mean cancels in exact arithmetic (the weights sum
+    # to one), but centring keeps float32's cancellation small.
+    if not in_place:
+        out = torch.empty_like(zf)
+        for s in slices:
+            out[..., s] = -(z_centred(s) - alpha * (weights @ prior.chunk(s))) / beta2
+        return out
+    single = len(slices) == 1 and mean is not None
+    out = None if single else torch.empty_like(zf)
     for s in slices:
-        xc, zc = centred(s)
-        out[..., s] = -(zc - alpha * (weights @ xc)) / beta2
-    return out.reshape(z.shape)
+        zc = zc if single else z_centred(s)
+        if not single and mean is None:
+            zc = scratch(0, s).copy_(zc)  # z itself: never written
+        wx = torch.matmul(weights, prior.chunk(s), out=scratch(1, s)).mul_(alpha)
+        res = torch.sub(zc, wx, out=zc).neg_().div_(beta2)
+        if single:
+            return res
+        out[..., s] = res
+    return out
 
 
 def paired_score(

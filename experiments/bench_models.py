@@ -8,7 +8,9 @@ Prints one table:
 * FourCastNet v1 full size (720 x 1440, 20 channels, 74.7 M parameters),
   random weights, ``--members`` members, one 6-hour step in float32 and in
   bf16 autocast: time and peak GPU memory -- when CUDA is present, otherwise
-  the rows say "skipped (no CUDA)".
+  the rows say "skipped (no CUDA)";
+* ``--bf16-days N``: the relative RMS difference between a float32 and a bf16
+  autocast FourCastNet rollout over N days (CUDA only).
 """
 
 from __future__ import annotations
@@ -82,6 +84,23 @@ def bench_fourcastnet(members: int, *, autocast: bool, repeats: int) -> tuple[fl
     return min(times), peak
 
 
+def print_bf16_drift(days: int, device: str = "cuda") -> None:
+    """Relative RMS difference, per forecast day, between a float32 and a bf16-autocast
+    FourCastNet rollout from the same state (random weights, one member)."""
+    torch.manual_seed(0)
+    f32 = load_fourcastnet(None, device=device, autocast=False)
+    bf16 = load_fourcastnet(None, device=device, autocast=True)
+    bf16.core.load_state_dict(f32.core.state_dict())
+    x = torch.randn(1, 20, 721, 1440, device=device)
+    a, b = x, x
+    print("day  rel. RMS difference bf16 vs float32 (random weights, 1 member)")
+    for day in range(1, days + 1):
+        for _ in range(4):
+            a, b = f32.step(a), bf16.step(b)
+        diff = float((a - b).square().mean().sqrt() / a.square().mean().sqrt())
+        print(f"{day:>3}  {diff:.3e}")
+
+
 def print_beta_drift(days: int = 3) -> None:
     """Drift of a lone vortex with no steering flow (beta drift): speed and bearing."""
     model = BarotropicModel(
@@ -113,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also print the default analogue vortex track (1 member)")
     ap.add_argument("--beta-drift", action="store_true",
                     help="also print the beta drift of a lone vortex with no steering")
+    ap.add_argument("--bf16-days", type=int, default=0,
+                    help="also print the bf16-vs-float32 FourCastNet difference over this "
+                         "many days (CUDA only)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.members < 1 or args.days < 1:
         ap.error("--threads, --members and --days must be >= 1")
@@ -121,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         print_track(args.days)
     if args.beta_drift:
         print_beta_drift()
+    if args.bf16_days > 0:
+        if torch.cuda.is_available():
+            print_bf16_drift(args.bf16_days)
+        else:
+            print("bf16 drift: skipped (no CUDA; autocast is CUDA-only here)")
     rows = []
     if not args.skip_barotropic:
         wall, cpu, ok = bench_barotropic(args.members, args.days, progress=not args.no_progress)

@@ -233,7 +233,7 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
     gen = torch.Generator().manual_seed(cfg.cycle.seed)
     truth = _truth(model, cfg.model.name, cfg.truth, gen)
     ensemble = truth[None] + cfg.ensemble.spread * torch.randn(
-        (cfg.ensemble.members, *truth.shape), generator=gen, dtype=truth.dtype)
+        (cfg.ensemble.members, *truth.shape), generator=gen, dtype=truth.dtype).to(truth.device)
     operator = _operator(cfg.observations, tuple(truth.shape), model)
     analysis = _filter(cfg.filter)
     # stale results of another configuration go; this one's checkpoint stays to resume

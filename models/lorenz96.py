@@ -20,6 +20,8 @@ import datetime as _dt
 
 import torch
 
+from da.devices import randn
+
 #: Lorenz (1996): one model time unit corresponds to about five days.
 HOURS_PER_TIME_UNIT = 120.0
 
@@ -102,8 +104,9 @@ class Lorenz96:
 
         Returns (batch, nx).
         """
-        x = self.forcing + 0.01 * torch.randn(batch, self.nx, generator=generator, dtype=dtype)
-        x = x.to(self.device)
+        # drawn on the generator's device, then moved (da.devices)
+        x = self.forcing + 0.01 * randn((batch, self.nx), generator=generator, dtype=dtype,
+                                        device=self.device)
         for _ in range(n_steps):
             x = self.step(x)
         return x

@@ -310,13 +310,17 @@ class StormTracker:
                        torch.full((members,), float(first_guess[1]) % 360.0,
                                   dtype=torch.float64))
         self._rows: list[np.ndarray] = []
+        self._grid_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, msl: torch.Tensor, u850: torch.Tensor | None = None,
                v850: torch.Tensor | None = None) -> np.ndarray:
         """Add one time, fields (member, lat, lon); returns (3, member) lat, lon, msl_min."""
         search = self.config.max_displacement_km if not self._rows else self.step_km
         uv = {} if u850 is None else {"u850": u850, "v850": v850}
-        res = find_centres(msl, self.lat.to(msl.device), self.lon.to(msl.device),
+        dev = msl.device
+        if dev not in self._grid_on:  # the grid goes to the fields' device once
+            self._grid_on[dev] = (self.lat.to(dev), self.lon.to(dev))
+        res = find_centres(msl, *self._grid_on[dev],
                            self._guess[0].to(msl.device), self._guess[1].to(msl.device),
                            search_km=search, config=self.config, **uv)
         row = np.stack([r.detach().cpu().numpy() for r in res])

@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from da.devices import randn
+
 
 @runtime_checkable
 class ObservationError(Protocol):
@@ -35,7 +37,9 @@ class ObservationError(Protocol):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Draw noise of ``shape`` = (batch, *obs_shape)."""
+        """Draw noise of ``shape`` = (batch, *obs_shape) with ``generator`` on the
+        generator's own device, returned on ``device`` (default: where it was drawn);
+        see :mod:`da.devices` for the policy."""
         ...
 
 
@@ -54,14 +58,19 @@ class DiagonalError:
         if not bool(torch.isfinite(std_t).all()) or bool((std_t <= 0).any()):
             raise ValueError(f"std must be finite and > 0, got min {float(std_t.min())}")
         self._std = std_t
+        # std per (dtype, device): precision_matvec runs at every sampler step, and a
+        # host-to-device copy each time would stall the GPU stream
+        self._cache: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     @property
     def std(self) -> torch.Tensor:
         return self._std
 
     def precision_matvec(self, residual: torch.Tensor) -> torch.Tensor:
-        var = self._std.to(dtype=residual.dtype, device=residual.device).square()
-        return residual / var
+        key = (residual.dtype, residual.device)
+        if key not in self._cache:
+            self._cache[key] = self._std.to(dtype=residual.dtype, device=residual.device).square()
+        return residual / self._cache[key]
 
     def sample(
         self,
@@ -71,8 +80,9 @@ class DiagonalError:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        noise = torch.randn(shape, generator=generator, dtype=dtype) * self._std.to(dtype)
-        return noise if device is None else noise.to(device)
+        # drawn on the generator's device and moved (da.devices); std joins it there
+        noise = randn(shape, generator=generator, dtype=dtype, device=device)
+        return noise * self._std.to(dtype=dtype, device=noise.device)
 
     def __repr__(self) -> str:
         s = self._std

@@ -113,6 +113,8 @@ class Subset:
         if idx.numel() == 0:
             raise ValueError("Subset: no component is observed")
         self.indices = idx
+        self._n_state = int(idx.max()) + 1  # the state needs at least this many components
+        self._on_device: dict[torch.device, torch.Tensor] = {}  # indices copied once per device
         self.error = as_error(error)
         if locations is None and mask is None:
             locations = idx.to(torch.float64)
@@ -125,12 +127,14 @@ class Subset:
                 f"Subset: mask shape {tuple(self.mask.shape)} differs from state shape "
                 f"{tuple(x.shape[1:])}"
             )
-        if int(self.indices.max()) >= flat.shape[1]:
+        if self._n_state > flat.shape[1]:
             raise ValueError(
-                f"Subset: index {int(self.indices.max())} out of range for a state of "
+                f"Subset: index {self._n_state - 1} out of range for a state of "
                 f"{flat.shape[1]} components"
             )
-        return flat.index_select(1, self.indices.to(x.device))
+        if x.device not in self._on_device:
+            self._on_device[x.device] = self.indices.to(x.device)
+        return flat.index_select(1, self._on_device[x.device])
 
     def __repr__(self) -> str:
         return f"Subset(n_obs={self.indices.numel()}, error={self.error!r})"

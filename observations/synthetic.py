@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from da.devices import rand, randn
 from observations.errors import DiagonalError, ObservationError
 
 EARTH_RADIUS_KM = 6371.0
@@ -188,14 +189,15 @@ class CorrelatedGridError:
         or the symmetric circulant square root on a global grid): Cov = R."""
         shape = tuple(shape)
         self._check(shape, "shape")
-        std, _, chol_lat, _, sqrt_lon = self._mats(dtype, torch.device("cpu"))
-        z = torch.randn(shape, generator=generator, dtype=dtype)
+        # Z is drawn on the generator's device and moved to ``device`` (da.devices);
+        # the correlating products then run where the result is wanted.
+        z = randn(shape, generator=generator, dtype=dtype, device=device)
+        std, _, chol_lat, _, sqrt_lon = self._mats(dtype, z.device)
         if self.periodic_lon:
             z = torch.fft.irfft(torch.fft.rfft(z, dim=-1) * sqrt_lon, n=shape[-1], dim=-1)
         else:
             z = torch.matmul(z, sqrt_lon)
-        eps = torch.matmul(chol_lat, z) * std
-        return eps if device is None else eps.to(device)
+        return torch.matmul(chol_lat, z) * std
 
     def __repr__(self) -> str:
         return (f"CorrelatedGridError(variables={self.obs_shape[0]}, grid={self.obs_shape[1:]}, "
@@ -347,4 +349,4 @@ def random_mask(
     """A bool mask observing about ``fraction`` of the points, uniformly at random."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    return torch.rand(shape, generator=generator) < fraction
+    return rand(shape, generator=generator) < fraction

@@ -67,15 +67,20 @@ def grid_distance(lat: torch.Tensor, lon: torch.Tensor) -> DistanceFn:
     lat = torch.as_tensor(lat, dtype=torch.float64)
     lon = torch.as_tensor(lon, dtype=torch.float64)
     n_grid = lat.numel() * lon.numel()
+    on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def distance(state_index: torch.Tensor, obs_locations: Any) -> torch.Tensor:
-        loc = torch.as_tensor(obs_locations, dtype=torch.float64)
+        dev = state_index.device
+        loc = torch.as_tensor(obs_locations, dtype=torch.float64).to(dev)
         if loc.ndim != 2 or loc.shape[1] != 2:
             raise ValueError(f"obs locations must be (p, 2) lat/lon, got {tuple(loc.shape)}")
-        g = state_index.cpu() % n_grid
-        la, lo = lat[g // lon.numel()], lon[g % lon.numel()]
-        d = great_circle_distance(la[:, None], lo[:, None], loc[None, :, 0], loc[None, :, 1])
-        return d.to(state_index.device)
+        # the grid is copied to the rows' device once, not once per chunk of rows
+        if dev not in on_device:
+            on_device[dev] = (lat.to(dev), lon.to(dev))
+        lat_d, lon_d = on_device[dev]
+        g = state_index % n_grid
+        la, lo = lat_d[g // lon.numel()], lon_d[g % lon.numel()]
+        return great_circle_distance(la[:, None], lo[:, None], loc[None, :, 0], loc[None, :, 1])
 
     return distance
 

@@ -64,6 +64,7 @@ def load_fourcastnet(
     device: torch.device | str = "cpu",
     autocast: bool = False,
     pad: str = "persist",
+    micro_batch: int | None = None,
 ) -> NormalisedModule:
     """FourCastNet v1 as a ForecastModel.
 
@@ -73,6 +74,8 @@ def load_fourcastnet(
     randomly initialised network with mean 0 / std 1 -- for benchmarks only.
     ``config``: network size (default: the published one); the grid is
     ``config.img_size`` plus one re-padded row. ``autocast``: bfloat16 on CUDA.
+    ``micro_batch``: run the network on at most this many members at a time
+    (bounds the activation memory; None = all members in one pass).
     """
     cfg = config or AFNOConfig()
     if cfg.in_chans != cfg.out_chans:
@@ -82,7 +85,7 @@ def load_fourcastnet(
         variables = FOURCASTNET_VARIABLES
     else:
         variables = tuple(f"channel{i}" for i in range(n))
-    net = AFNONet(cfg)
+    net = AFNONet(cfg, micro_batch=micro_batch)
     if weights is None:
         mean, std = torch.zeros(n), torch.ones(n)
     else:

@@ -92,44 +92,53 @@ class AFNOFilter(nn.Module):
         self.b2 = nn.Parameter(0.02 * torch.randn(2, nb, bs))
 
     @staticmethod
-    def _complex_linear(re: torch.Tensor, im: torch.Tensor, w: torch.Tensor, b: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(re + i im) @ (w[0] + i w[1]) + (b[0] + i b[1]) as one real block matmul.
+    def _real_block_weight(w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The complex product (re + i im)(w0 + i w1) + (b0 + i b1) as one real product.
 
-        [re, im] (.., nb, 2 bs) times [[w0, w1], [-w1, w0]] (nb, 2 bs, 2 bs).
+        [re, im] (nb, rows, 2 bs) times [[w0, w1], [-w1, w0]] (nb, 2 bs, 2 bs), plus
+        the bias [b0, b1] shaped (nb, 1, 2 bs).
         """
         big = torch.cat([torch.cat([w[0], w[1]], dim=-1),
                          torch.cat([-w[1], w[0]], dim=-1)], dim=-2)
-        z = torch.cat([re, im], dim=-1).unsqueeze(-2)        # (..., nb, 1, 2 bs)
-        out = (z @ big.to(z.dtype)).squeeze(-2)                          # (..., nb, 2 bs)
-        n = w.shape[-1]
-        return out[..., :n] + b[0], out[..., n:] + b[1]
+        bias = torch.cat([b[0], b[1]], dim=-1).unsqueeze(1)
+        return big.to(dtype), bias.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x
         dtype = x.dtype
         bsz, h, w, c = x.shape
+        nb, bs = self.num_blocks, self.block_size
         with torch.autocast(device_type=x.device.type, enabled=False):
             # FFTs in at least float32 (no half-precision FFTs), as in the official code
             spec = torch.fft.rfft2(x.to(torch.promote_types(dtype, torch.float32)),
                                    dim=(1, 2), norm="ortho")
         wf = w // 2 + 1
-        spec = spec.reshape(bsz, h, wf, self.num_blocks, self.block_size)
         total = h // 2 + 1
         kept = int(total * self.hard_thresholding_fraction)
         r0, r1 = max(total - kept, 0), min(total + kept, h)
-        sub = spec[:, r0:r1, :kept]
-        re, im = self._complex_linear(sub.real, sub.imag, self.w1, self.b1)
-        re, im = F.relu(re), F.relu(im)
-        re, im = self._complex_linear(re, im, self.w2, self.b2)
-        out = F.softshrink(torch.stack([re, im], dim=-1).to(spec.real.dtype),
-                           lambd=self.sparsity_threshold)
-        full = torch.zeros(bsz, h, wf, self.num_blocks, self.block_size, 2,
-                           dtype=out.dtype, device=x.device)
-        full[:, r0:r1, : out.shape[2]] = out
-        spec = torch.view_as_complex(full).reshape(bsz, h, wf, c)
+        sub = spec.reshape(bsz, h, wf, nb, bs)[:, r0:r1, :kept]
+        rows = sub.shape[0] * sub.shape[1] * sub.shape[2]
+        # Only the kept modes enter the MLP, laid out (block, mode, [re, im]) so that each
+        # layer is one batched product with the block's (2 bs, 2 bs) weight: the weight
+        # is never broadcast over the modes (that broadcast asked 91 GiB for 20 members).
+        z = torch.cat([sub.real, sub.imag], dim=-1).reshape(rows, nb, 2 * bs).transpose(0, 1)
+        big1, bias1 = self._real_block_weight(self.w1, self.b1, z.dtype)
+        o = torch.baddbmm(bias1, z, big1).relu_()
+        del z
+        big2, bias2 = self._real_block_weight(self.w2, self.b2, o.dtype)
+        o = F.softshrink(torch.baddbmm(bias2, o, big2).to(spec.real.dtype),
+                        lambd=self.sparsity_threshold)
+        o = o.transpose(0, 1).reshape(bsz, r1 - r0, kept, nb, 2 * bs)
+        # modes outside the kept set are zero, as in the official filter
+        full = torch.zeros(bsz, h, wf, c, dtype=spec.dtype, device=x.device)
+        del spec, sub
+        parts = torch.view_as_real(full).reshape(bsz, h, wf, nb, bs, 2)[:, r0:r1, :kept]
+        parts[..., 0] = o[..., :bs]
+        parts[..., 1] = o[..., bs:]
+        del o, parts
         with torch.autocast(device_type=x.device.type, enabled=False):
-            y = torch.fft.irfft2(spec, s=(h, w), dim=(1, 2), norm="ortho")
+            y = torch.fft.irfft2(full, s=(h, w), dim=(1, 2), norm="ortho")
         return y.to(dtype) + skip
 
 
@@ -183,10 +192,12 @@ class PatchEmbed(nn.Module):
 class AFNONet(nn.Module):
     """FourCastNet v1 backbone: (B, C_in, H, W) normalised fields -> (B, C_out, H, W)."""
 
-    def __init__(self, config: AFNOConfig | None = None) -> None:
+    def __init__(self, config: AFNOConfig | None = None, *, micro_batch: int | None = None
+                 ) -> None:
         super().__init__()
         cfg = config or AFNOConfig()
         self.config = cfg
+        self.micro_batch = micro_batch
         h, w = cfg.grid
         self.patch_embed = PatchEmbed(cfg)
         self.pos_embed = nn.Parameter(torch.zeros(1, h * w, cfg.embed_dim))
@@ -207,11 +218,37 @@ class AFNONet(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    @property
+    def micro_batch(self) -> int | None:
+        """Members per forward pass (None: all at once). Memory of the activations
+        scales with it; the result does not depend on it beyond rounding."""
+        return self._micro_batch
+
+    @micro_batch.setter
+    def micro_batch(self, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"micro_batch must be a positive int or None, got {value!r}")
+        self._micro_batch = value
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_chans or tuple(x.shape[2:]) != cfg.img_size:
             raise ValueError(f"AFNONet expects (batch, {cfg.in_chans}, {cfg.img_size[0]}, "
                              f"{cfg.img_size[1]}), got {tuple(x.shape)}")
+        k = self.micro_batch
+        if k is None or x.shape[0] <= k:
+            return self._forward(x)
+        # micro-batches write into one output: peak memory is that of k members
+        first = self._forward(x[:k])
+        out = first.new_empty((x.shape[0], *first.shape[1:]))
+        out[:k] = first
+        del first
+        for s in range(k, x.shape[0], k):
+            out[s:s + k] = self._forward(x[s:s + k])
+        return out
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
         bsz = x.shape[0]
         h, w = cfg.grid
         p = cfg.patch_size

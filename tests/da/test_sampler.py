@@ -209,3 +209,51 @@ def test_non_finite_start_rejected_and_non_finite_result_reported():
         sample_ode(
             lambda z, t: z * float("inf"), torch.ones(2, 2), time_grid(10), SCHEDULE, progress=False
         )
+
+
+# ----------------------------------------------------------------------------- buffers
+
+
+class _StateAllocations(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts ops that return a fresh tensor of ``numel`` elements (not in place, not out=)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.__name__  # e.g. "mul.Tensor", "mul_.Tensor", "mul.out"
+        in_place = name.split(".")[0].endswith("_") or name.endswith(".out")
+        if isinstance(out, torch.Tensor) and out.numel() == self.numel and not in_place:
+            self.count += 1
+        return out
+
+
+@pytest.mark.parametrize("kind", ["sde", "ode"])
+def test_samplers_allocate_only_the_score_per_step_and_leave_z_alone(kind):
+    """Per step the only fresh state-sized tensor is the score's own output; the
+    caller's z is untouched and the tensors given to the callback are kept intact."""
+    z = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    before = z.clone()
+    ts = time_grid(10)
+    kept: list[torch.Tensor] = []
+
+    def score(x, t):
+        return x * (-1.0 / SCHEDULE.beta2(t))
+
+    def run(callback=None):
+        if kind == "sde":
+            return sample_sde(score, z, ts, SCHEDULE, generator=torch.Generator().manual_seed(1),
+                              progress=False, callback=callback)
+        return sample_ode(score, z, ts, SCHEDULE, progress=False, callback=callback)
+
+    with _StateAllocations(z.numel()) as probe:
+        out = run()
+    # one score output per step; once per call: the clone, two buffers and the two
+    # finite checks (isfinite's temporaries, 4 each)
+    assert probe.count <= len(ts) - 1 + 3 + 8
+    assert torch.equal(z, before)
+    again = run(lambda k, t, zz: kept.append(zz))
+    assert torch.equal(again, out) and torch.equal(kept[-1], out)
+    assert len({x.data_ptr() for x in kept}) == len(kept)

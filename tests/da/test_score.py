@@ -154,3 +154,58 @@ def test_bad_input_names_the_argument(kwargs, name):
 def test_paired_score_needs_one_prior_sample_per_point():
     with pytest.raises(ValueError, match="paired_score needs"):
         paired_score(torch.zeros(3, 4), torch.zeros(5, 4), 0.5)
+
+
+# ----------------------------------------------------------------------------- prepared prior
+
+
+def test_a_prepared_prior_gives_the_same_numbers_as_the_raw_prior():
+    """Centring and norms taken once per analysis change nothing, bit for bit,
+    whatever the chunking, batch dims or whether the centred copy is kept."""
+    from da.score import prepare_prior
+
+    g = torch.Generator().manual_seed(8)
+    s = Schedule()
+    x0 = 5.0 + torch.randn(2, 9, 3, 70, generator=g)
+    z = torch.randn(2, 6, 3, 70, generator=g)
+    t_rows = torch.rand(2, 6, generator=g) * 0.9 + 0.05
+    for chunk in (None, 1, 50, 77):
+        raw = mixture_score(z, x0, t_rows, s, batch_dims=1, chunk_size=chunk)
+        for keep in (False, True):
+            prior = prepare_prior(x0, batch_dims=1, chunk_size=chunk, keep_centred=keep)
+            assert torch.equal(mixture_score(z, prior, t_rows, s), raw), (chunk, keep)
+    prior = prepare_prior(x0, batch_dims=1, chunk_size=50)
+    with pytest.raises(ValueError, match="differs from the prepared prior"):
+        mixture_score(z, prior, 0.5, s, chunk_size=7)
+
+
+def test_a_prepared_prior_minibatch_is_the_score_of_the_subset():
+    from da.score import prepare_prior
+
+    g = torch.Generator().manual_seed(9)
+    x0 = torch.randn(30, 40, generator=g, dtype=torch.float64)
+    z = torch.randn(5, 40, generator=g, dtype=torch.float64)
+    out = mixture_score(z, prepare_prior(x0, keep_centred=True), 0.3, minibatch=7,
+                        generator=torch.Generator().manual_seed(4))
+    idx = torch.randperm(30, generator=torch.Generator().manual_seed(4))[:7]
+    torch.testing.assert_close(out, mixture_score(z, x0[idx], 0.3), rtol=1e-12, atol=1e-12)
+
+
+def test_the_chunked_finite_check_finds_a_nan_in_the_last_chunk():
+    x0 = torch.zeros(4, 1000)
+    z = torch.zeros(3, 1000)
+    z[2, 999] = float("nan")
+    with pytest.raises(ValueError, match="z holds 1 non-finite"):
+        mixture_score(z, x0, 0.5, chunk_size=64)
+
+
+def test_auto_chunk_is_bounded_on_cpu_and_sized_by_free_memory_on_cuda(monkeypatch):
+    from da import score
+
+    cpu = torch.device("cpu")
+    assert score.auto_chunk(20, 20, 10**8, 4, cpu) == score.DEFAULT_CHUNK
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
+    cuda = torch.device("cuda")
+    assert score.auto_chunk(20, 20, 10**6, 4, cuda) is None  # 240 MB of temporaries fit
+    chunk = score.auto_chunk(20, 20, 10**8, 4, cuda)  # 24 GB do not: half of 8 GiB
+    assert chunk == 4 * 2**30 // (60 * 4)

@@ -252,3 +252,48 @@ def test_bf16_autocast_on_gpu_is_close_to_float32():
     m16.core.load_state_dict(m32.core.state_dict())
     x = torch.randn(4, 3, 17, 32, device="cuda")
     torch.testing.assert_close(m16.step(x), m32.step(x), rtol=5e-2, atol=5e-2)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor (bytes) any op returns while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def test_spectral_filter_never_broadcasts_its_weights_over_the_modes():
+    """No temporary of the filter exceeds twice its input: the complex spectrum of the
+    kept modes is the largest thing it needs. Broadcasting the (2 bs, 2 bs) block
+    weight over every mode (what asked 91 GiB for 20 full-size members) makes a
+    tensor 2 bs times the spectrum and fails this."""
+    cfg = AFNOConfig(img_size=(32, 64), patch_size=4, in_chans=3, out_chans=3, embed_dim=64,
+                     depth=1, num_blocks=2)
+    net = AFNONet(cfg)
+    x = torch.randn(3, *cfg.grid, cfg.embed_dim)
+    with torch.no_grad(), _LargestTensor() as probe:
+        net.blocks[0].filter(x)
+    assert probe.largest <= 2 * x.numel() * x.element_size()
+
+
+def test_micro_batches_give_the_one_batch_answer():
+    torch.manual_seed(3)
+    net = AFNONet(TINY)
+    x = torch.randn(5, 3, 16, 32)
+    with torch.no_grad():
+        whole = net(x)
+        for k in (1, 2, 5, 8):
+            net.micro_batch = k
+            torch.testing.assert_close(net(x), whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batch"):
+        net.micro_batch = 0
