@@ -34,10 +34,11 @@ import torch
 
 from da import sampler as _sampler
 from da._checks import check_ensemble, observation_mask
+from da.devices import randn
 from da.filters.kernel import kernel_analysis
 from da.localised_score import localised_mixture_score
 from da.schedule import Schedule
-from da.score import mixture_score, paired_score
+from da.score import mixture_score, paired_score, prepare_prior
 from da.stability import curvature_bound, pad_to_multiple, stable_time_grid
 
 Damping = Callable[[Any], Any]
@@ -120,7 +121,7 @@ class EnSF:
     score_clip: float | None = None
     inflation: float = 1.0
     minibatch: int | None = None
-    chunk_size: int | None = 65536
+    chunk_size: int | None | Literal["auto"] = "auto"
     parareal: Any = None
     seed: int | None = None
     progress: bool = False
@@ -226,6 +227,11 @@ class EnSF:
         damping = self.damping or linear_damping
         error = obs_operator.error
 
+        # the prior does not change during the analysis: centre it and take norms once
+        prepared = None if self.score != "mixture" else prepare_prior(
+            x_prior, chunk_size=self.chunk_size, n_points=m, keep_centred=True,
+            check_inputs=False)
+
         def likelihood_score(z: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():
                 zz = z.detach().requires_grad_(True)
@@ -247,9 +253,8 @@ class EnSF:
                 return paired_score(z, x_rows, t, schedule, check_inputs=False)
             if self.score == "localised":
                 return localised_mixture_score(z, x_prior, float(t), schedule, self.taper)
-            return mixture_score(z, x_prior, t, schedule, chunk_size=self.chunk_size,
-                                 minibatch=self.minibatch, generator=generator,
-                                 check_inputs=False)
+            return mixture_score(z, prepared, t, schedule, minibatch=self.minibatch,
+                                 generator=generator, check_inputs=False)
 
         def score(z: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
             h = damping(t)
@@ -266,7 +271,7 @@ class EnSF:
                 timesteps = pad_to_multiple(timesteps, self.parareal.n_slices)
         else:
             timesteps = _sampler.time_grid(self.steps, t_start=1.0, t_end=self.t_end)
-        z = torch.randn(xf.shape, generator=generator, dtype=xf.dtype, device=xf.device)
+        z = randn(xf.shape, generator=generator, dtype=xf.dtype, device=xf.device)
         if self.sampler == "sde":
             z = _sampler.sample_sde(score, z, timesteps, schedule, generator=generator,
                                     progress=self.progress)
