@@ -89,15 +89,19 @@ class LeeConfig:
     # R the filter assumes: "diagonal" (the marginal variances of the true R) or "full";
     # the full correlated R^{-1} makes the explicit 100-step sampler blow up here.
     filter_error: str = "diagonal"
-    # EnSF (da.filters.ensf.EnSF)
-    ensf_steps: int = 100
-    ensf_sampler: str = "ode"  # probability flow (Eq. 9): stabler than SDE here, Parareal-ready
-    # "paired" (the published EnSF code's estimator): the softmax "mixture" estimator
-    # collapsed the ensemble here (Day 0 analysis spread 1 vs 48 with "paired")
-    ensf_score: str = "paired"
+    # EnSF (da.filters.ensf.EnSF). "kernel": the localised Gaussian-mixture prior with the
+    # exact posterior score (docs/ensf.md), one local analysis per grid point within
+    # ensf_radius_km (Gaspari-Cohn, as the LETKF's); ensf_steps flow steps each way.
+    # "paired" (the published EnSF code's estimator) used ensf_steps = 100 with the ODE
+    # sampler and standardised coordinates; "mixture" collapsed the ensemble here.
+    ensf_score: str = "kernel"
+    ensf_steps: int = 10
+    ensf_bandwidth: float = 0.95
+    ensf_radius_km: float | None = 300.0
+    ensf_sampler: str = "ode"  # paired/mixture: probability flow (Eq. 9), Parareal-ready
     ensf_eps_a: float = 0.05
     ensf_inflation: float = 1.0
-    ensf_standardise: bool = True  # sample in prior-standardised units (arXiv 2404.00844)
+    ensf_standardise: bool = True  # paired/mixture: prior-standardised units (2404.00844)
     parareal_slices: int = 0  # > 0: ODE sampler with Parareal
     parareal_mode: str = "batched"  # "batched" (one device) or "distributed" (ranks)
     # tracking and figure
@@ -128,6 +132,10 @@ class LeeConfig:
             raise ValueError(f"mode must be 'analogue' or 'era5', got {self.mode!r}")
         if self.members < 3:
             raise ValueError(f"members must be >= 3 (an ellipse needs 3), got {self.members}")
+        if self.parareal_slices > 0 and self.ensf_score == "kernel":
+            raise ValueError("parareal_slices: Parareal runs the paired/mixture samplers; set "
+                             "ensf_score = 'paired' (the kernel EnSF's transport is "
+                             "not a long sampler run)")
         if self.forecast_days < 1:
             raise ValueError(f"forecast_days must be >= 1, got {self.forecast_days}")
         days = list(self.obs_days)
@@ -188,8 +196,9 @@ def _device(cfg: LeeConfig) -> torch.device:
     return parse_device(cfg.device, "--device")
 
 
-def _ensf(cfg: LeeConfig, group: Any = None):
-    from da.filters.ensf import EnSF
+def _ensf(cfg: LeeConfig, model: Any, group: Any = None):
+    from da.filters import EnSF, grid_distance
+    from da.filters.local import grid_sites
 
     parareal = None
     sampler = cfg.ensf_sampler
@@ -199,9 +208,14 @@ def _ensf(cfg: LeeConfig, group: Any = None):
         sampler = "ode"
         parareal = ParallelConfig(n_slices=cfg.parareal_slices, mode=cfg.parareal_mode,
                                   slice_group=group)
+    local: dict[str, Any] = {}
+    if cfg.ensf_score == "kernel" and cfg.ensf_radius_km is not None:
+        local = {"radius": cfg.ensf_radius_km, "distance": grid_distance(model.lat, model.lon),
+                 "sites": grid_sites(model.lat, model.lon, len(model.variables))}
     return EnSF(score=cfg.ensf_score, sampler=sampler, steps=cfg.ensf_steps,
                 eps_a=cfg.ensf_eps_a, inflation=cfg.ensf_inflation, parareal=parareal,
-                standardise=cfg.ensf_standardise, progress=cfg.progress)
+                standardise=cfg.ensf_standardise, progress=cfg.progress,
+                bandwidth=cfg.ensf_bandwidth, **local)
 
 
 def _steps(model, span: timedelta, what: str) -> int:
@@ -231,7 +245,7 @@ def _cycle(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None, *,
         return {"ensemble": ens, "log": []}
     n = _steps(model, gaps.pop(), "obs_days")
     fp = cfg.fingerprint()
-    ds = run_cycle(model, _ensf(cfg, group), Identity(obs.filter_error), ens,
+    ds = run_cycle(model, _ensf(cfg, model, group), Identity(obs.filter_error), ens,
                    n_cycles=len(obs.times) - 1, observations=lambda k, _truth: y[k],
                    steps_per_cycle=n, seed=cfg.seed + 100,
                    checkpointer=FileCheckpointer(ckpt_dir / f"cycle-{fp}.pt", on_save=on_save)

@@ -77,6 +77,8 @@ class EnSF:
         radius, distance: kernel only: localisation as for :class:`da.filters.LETKF`
             (None = global).
         domains_per_batch: kernel only: state components per batched local analysis.
+        sites: kernel only: a :class:`da.filters.local.Sites` (e.g. ``grid_sites``) when
+            the taper depends only on position: one local analysis per grid point.
         taper: localised only: rho applied along the flattened state, e.g.
             :func:`da.localised_score.ring_taper`.
         damping: h(t); None means 1 - t (mixture and paired: the likelihood heuristic).
@@ -110,6 +112,7 @@ class EnSF:
     distance: Any = None
     domains_per_batch: int = 1024
     taper: Any = None
+    sites: Any = None
     damping: Damping | None = None
     sampler: Literal["sde", "ode"] = "sde"
     steps: int = 100
@@ -155,6 +158,9 @@ class EnSF:
             raise ValueError(f"score_clip must be > 0 or None, got {self.score_clip}")
         if not self.inflation >= 1.0:
             raise ValueError(f"inflation must be >= 1, got {self.inflation}")
+        if self.parareal is not None and self.score == "kernel":
+            raise ValueError("parareal applies to the paired and mixture samplers, not to "
+                             "score='kernel'")
         if self.parareal is not None and self.sampler != "ode":
             raise ValueError("parareal needs sampler='ode' (the SDE map is not deterministic)")
 
@@ -169,7 +175,7 @@ class EnSF:
             value = getattr(self, name)
             if name == "damping":
                 value = "1 - t" if value is None else getattr(value, "__name__", repr(value))
-            elif name in ("parareal", "distance", "taper") and value is not None:
+            elif name in ("parareal", "distance", "taper", "sites") and value is not None:
                 value = repr(value)
             out[name] = value
         return out
@@ -199,7 +205,7 @@ class EnSF:
             return kernel_analysis(
                 prior_ensemble, y, obs_operator, bandwidth=self.bandwidth, steps=self.steps,
                 schedule=Schedule(), inflation=self.inflation, radius=self.radius,
-                distance=self.distance, chunk=self.domains_per_batch)
+                distance=self.distance, chunk=self.domains_per_batch, sites=self.sites)
         check_ensemble("prior_ensemble", prior_ensemble)
         x0 = prior_ensemble
         m, state_shape = x0.shape[0], tuple(x0.shape[1:])

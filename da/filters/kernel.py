@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from da._checks import check_ensemble, observation_mask
-from da.filters.local import local_statistics
+from da.filters.local import Sites, local_statistics, observation_moments, site_moments
 from da.gaussian_mixture import mixture_flow
 from da.schedule import Schedule
 
@@ -100,6 +100,7 @@ def kernel_analysis(
     chunk: int = 2048,
     hx: torch.Tensor | None = None,
     offset: int = 0,
+    sites: Sites | None = None,
 ) -> torch.Tensor:
     """Posterior ensemble (M, *state_shape) of the localised kernel EnSF (module docstring).
 
@@ -120,7 +121,12 @@ def kernel_analysis(
             all_gather of M p numbers). Each component's analysis depends only on its own
             forecast values and the observations near it, so the shards' analyses are the
             single-process one's components, with no further communication.
+        sites: where the taper depends only on position (a grid point shared by several
+            variables): one local analysis per site, used by all of its components
+            (:class:`da.filters.local.Sites`); not with ``offset``.
     """
+    if sites is not None and offset:
+        raise ValueError("sites= and a state shard (offset=) cannot be combined")
     check_ensemble("prior_ensemble", prior)
     m, state_shape = prior.shape[0], tuple(prior.shape[1:])
     dtype, device = prior.dtype, prior.device
@@ -133,7 +139,8 @@ def kernel_analysis(
     valid = valid.flatten()
     r_inv = (1.0 / std.square()).expand(y.shape).flatten()[valid]
     locations = getattr(obs_operator, "locations", None)
-    if radius is not None and locations is None and not isinstance(distance, torch.Tensor):
+    if (radius is not None and sites is None and locations is None
+            and not isinstance(distance, torch.Tensor)):
         raise ValueError("localisation needs obs_operator.locations (or a distance matrix)")
 
     scale = math.sqrt(inflation / (m - 1))
@@ -152,14 +159,29 @@ def kernel_analysis(
     encoded = mixture_flow(members[None], flow_times(steps, forward=True), centres[None], h2,
                            schedule)[0]  # (M, M): the members at t = 1
 
+    if sites is None:
+        blocks = local_statistics(observation_moments(ypert, innov), r_inv, xb.shape[1],
+                                  radius=radius, distance=distance, locations=locations,
+                                  valid=valid, chunk=chunk, offset=offset)
+    else:
+        n_sites = len(sites.locations)
+        moments = site_moments(ypert, innov, r_inv, sites.obs_site.to(device)[valid], n_sites)
+        blocks = local_statistics(moments, torch.ones(n_sites, dtype=dtype, device=device),
+                                  n_sites, radius=radius, distance=distance,
+                                  locations=sites.locations, chunk=chunk,
+                                  valid=torch.ones(n_sites, dtype=torch.bool, device=device))
+        site_weights = torch.empty(n_sites, m, m, dtype=dtype, device=device)
     xa = torch.empty(xb.shape[1], m, dtype=dtype, device=device)
-    blocks = local_statistics(ypert, innov, r_inv, xb.shape[1], radius=radius,
-                              distance=distance, locations=locations, valid=valid, chunk=chunk,
-                              offset=offset)
     for rows, big_g, g, dd in blocks:
         q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd)
         z = encoded.unsqueeze(0) @ q  # (D, M, M): the points in each domain's eigenbasis
         z = mixture_flow(z, flow_times(steps, forward=False), means_a, var_a, schedule, log_w)
         u_a = z @ q.transpose(1, 2)
-        xa[rows] = xmean[rows, None] + (xpert[rows, None, :] * u_a).sum(-1)
+        if sites is None:
+            xa[rows] = xmean[rows, None] + (xpert[rows, None, :] * u_a).sum(-1)
+        else:
+            site_weights[rows] = u_a
+    if sites is not None:  # every component takes its site's transported members
+        u_a = site_weights[sites.state_site.to(device)]
+        xa = xmean[:, None] + (xpert[:, None, :] * u_a).sum(-1)
     return xa.T.reshape(m, *state_shape)

@@ -39,6 +39,7 @@ from da.filters.local import (
     great_circle_distance,
     grid_distance,
     local_statistics,
+    observation_moments,
     periodic_distance,
 )
 
@@ -113,7 +114,8 @@ class LETKF:
         eye = torch.eye(m, dtype=dtype, device=xb.device)
         increment = torch.empty_like(xmean)
         xa_pert = torch.empty_like(xpert)
-        blocks = local_statistics(ypert, innov, r_inv, xb.shape[1], radius=self.radius,
+        blocks = local_statistics(observation_moments(ypert, innov), r_inv, xb.shape[1],
+                                  radius=self.radius,
                                   distance=self.distance, locations=locations, valid=valid,
                                   chunk=self.chunk)
         for rows, c, b, _ in blocks:

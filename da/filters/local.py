@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -85,9 +86,62 @@ def grid_distance(lat: torch.Tensor, lon: torch.Tensor) -> DistanceFn:
     return distance
 
 
+@dataclass(frozen=True)
+class Sites:
+    """Positions shared by several state components and observations.
+
+    ``state_site`` (n_state,) and ``obs_site`` (n_obs,) give each component's and each
+    observation's site index; ``locations`` the sites' positions, passed to the distance
+    callable as observation locations (its state index is then the site index).
+    :func:`grid_sites` builds them for a (variable, lat, lon) state observed everywhere.
+    """
+
+    state_site: torch.Tensor
+    obs_site: torch.Tensor
+    locations: torch.Tensor
+
+
+def grid_sites(lat: torch.Tensor, lon: torch.Tensor, n_variables: int) -> Sites:
+    """Sites of a (variable, lat, lon) state observed at every component (H = I): the grid
+    points, for :func:`grid_distance` (whose state index is taken modulo the grid)."""
+    lat = torch.as_tensor(lat, dtype=torch.float64)
+    lon = torch.as_tensor(lon, dtype=torch.float64)
+    la, lo = torch.meshgrid(lat, lon, indexing="ij")
+    n_grid = la.numel()
+    site = torch.arange(n_variables * n_grid) % n_grid
+    return Sites(site, site, torch.stack([la.flatten(), lo.flatten()], dim=1))
+
+
+def observation_moments(
+    ypert: torch.Tensor, innov: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per observation o: y_o y_o^T (p, M^2), y_o d_o (p, M), d_o^2 (p,)."""
+    m = ypert.shape[1]
+    outer = (ypert[:, :, None] * ypert[:, None, :]).reshape(-1, m * m)
+    return outer, ypert * innov[:, None], innov * innov
+
+
+def site_moments(
+    ypert: torch.Tensor, innov: torch.Tensor, r_inv: torch.Tensor, obs_site: torch.Tensor,
+    n_sites: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The precision-weighted moments summed over the observations at each site.
+
+    Where the taper depends only on where an observation is (a grid point shared by
+    several variables), the localised sums over observations become sums over sites:
+    the distance block shrinks from components x observations to sites x sites, and
+    one local analysis serves every variable at a site (the LETKF's usual grid-column
+    domain)."""
+    outer, yd, dd = observation_moments(ypert, innov)
+    zeros = torch.zeros
+    kw = {"dtype": ypert.dtype, "device": ypert.device}
+    return (zeros(n_sites, outer.shape[1], **kw).index_add_(0, obs_site, outer * r_inv[:, None]),
+            zeros(n_sites, yd.shape[1], **kw).index_add_(0, obs_site, yd * r_inv[:, None]),
+            zeros(n_sites, **kw).index_add_(0, obs_site, dd * r_inv))
+
+
 def local_statistics(
-    ypert: torch.Tensor,
-    innov: torch.Tensor,
+    moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     r_inv: torch.Tensor,
     n_state: int,
     *,
@@ -101,14 +155,14 @@ def local_statistics(
     """Yield (rows, Y^T R_loc^-1 Y, Y^T R_loc^-1 d, d^T R_loc^-1 d) per chunk of components.
 
     Args:
-        ypert: observation-space perturbations Y (p, M) of the used observations.
-        innov: innovation d = y - mean H(x), (p,).
+        moments: :func:`observation_moments` of the used observations (or
+            :func:`site_moments`, with ``r_inv`` ones and ``locations`` the sites').
         r_inv: the observations' precisions 1 / r_o, (p,).
-        n_state: number of state components.
+        n_state: number of state components (or sites).
         radius: localisation radius (units of the distance); None = global.
         distance: callable or (n_state, p_all) matrix, as in the module docstring.
         locations: observation locations passed to a distance callable.
-        valid: (p_all,) mask of the observations in use (ypert's rows).
+        valid: (p_all,) mask of the observations in use (the moments' rows).
         chunk: state components per batch.
         offset: global index of the first component (a shard of the state: the
             distances are those of components offset .. offset + n_state - 1).
@@ -116,19 +170,16 @@ def local_statistics(
     The rows yielded are local (0 .. n_state - 1). Shapes yielded: rows (D,), (D, M, M),
     (D, M), (D,) with D <= chunk.
     """
-    m = ypert.shape[1]
-    outer = (ypert[:, :, None] * ypert[:, None, :]).reshape(-1, m * m)  # (p, M^2)
-    yd = ypert * innov[:, None]
-    dd = innov * innov
+    outer, yd, dd = moments
+    m = yd.shape[1]
     for start in range(0, n_state, chunk):
-        rows = torch.arange(start, min(start + chunk, n_state), device=ypert.device)
+        rows = torch.arange(start, min(start + chunk, n_state), device=yd.device)
         if radius is None:
             yield (rows, (r_inv @ outer).reshape(1, m, m).expand(rows.numel(), m, m),
                    (r_inv @ yd).expand(rows.numel(), m), (r_inv @ dd).expand(rows.numel()))
             continue
         w = localisation_weights(rows + offset, radius, distance, locations, valid)
-        w = w.to(ypert.dtype)
-        w = w * r_inv
+        w = w.to(yd.dtype) * r_inv
         used = (w > 0).any(0)  # observations seen by this chunk only
         w = w[:, used]
         yield rows, (w @ outer[used]).reshape(-1, m, m), w @ yd[used], w @ dd[used]

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from da.filters import LETKF, EnSF, periodic_distance
+from da.filters import LETKF, EnSF, grid_distance, periodic_distance
 from da.filters.kernel import kernel_analysis, posterior_mixture
+from da.filters.local import grid_sites
 from da.schedule import Schedule
 from observations.operators import Arctan, Identity
 
@@ -111,6 +112,24 @@ def test_tiny_observation_error_is_stable_at_any_step_count():
                                bandwidth=0.9, steps=steps, schedule=Schedule())
         assert bool(torch.isfinite(post).all())
         assert abs(float(post.mean()) - 0.5 / (1 + 0.0025 / float(prior.var()))) < 0.02
+
+
+def test_grid_sites_give_the_per_component_analysis():
+    # On a (variable, lat, lon) grid observed everywhere the taper depends only on the
+    # grid point: one analysis per site must equal one per component.
+    lat = torch.linspace(0, 20, 11, dtype=F64)
+    lon = torch.linspace(270, 300, 16, dtype=F64)
+    g = torch.Generator().manual_seed(5)
+    prior = torch.randn(10, 3, 11, 16, generator=g, dtype=F64)
+    y = torch.randn(3, 11, 16, generator=g, dtype=F64)
+    sites = grid_sites(lat, lon, 3)
+    op = Identity(torch.rand(3, 11, 16, generator=g, dtype=F64) + 0.5,
+                  locations=sites.locations.repeat(3, 1))
+    kw = {"score": "kernel", "bandwidth": 0.9, "steps": 5, "radius": 400.0,
+          "distance": grid_distance(lat, lon), "domains_per_batch": 100}
+    per_component = EnSF(**kw).analysis(prior, y, op)
+    per_site = EnSF(**kw, sites=sites).analysis(prior, y, op)
+    torch.testing.assert_close(per_site, per_component, rtol=1e-12, atol=1e-12)
 
 
 def test_bad_settings_are_named():
