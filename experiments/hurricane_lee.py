@@ -61,7 +61,7 @@ from experiments.lee_io import (
     write_outputs,
 )
 from experiments.plot_tracks import lead_day_metrics, plot_run
-from models.tracking import StormTracker, TrackerConfig, great_circle_km
+from models.tracking import EARTH_RADIUS_KM, StormTracker, TrackerConfig, great_circle_km
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRACK_VARIABLES = ("msl", "u850", "v850")
@@ -89,6 +89,10 @@ class LeeConfig:
     # R the filter assumes: "diagonal" (the marginal variances of the true R) or "full";
     # the full correlated R^{-1} makes the explicit 100-step sampler blow up here.
     filter_error: str = "diagonal"
+    # "diagonal" only: the filter's std is the true marginal std times this factor; None:
+    # correlated_error_factor() -- the diagonal R then carries the information about a
+    # large-scale signal that the correlated R does (docs/ensf.md measures 1, 3 and auto)
+    filter_error_std_factor: float | None = None
     # EnSF (da.filters.ensf.EnSF). "kernel": the localised Gaussian-mixture prior with the
     # exact posterior score (docs/ensf.md), one local analysis per grid point within
     # ensf_radius_km (Gaspari-Cohn, as the LETKF's); ensf_steps flow steps each way.
@@ -148,6 +152,9 @@ class LeeConfig:
                              f"first of obs_days ({days[0]})")
         if not 0 < self.quantile < 1:
             raise ValueError(f"quantile must lie in (0, 1), got {self.quantile}")
+        if self.filter_error_std_factor is not None and not self.filter_error_std_factor > 0:
+            raise ValueError("filter_error_std_factor must be > 0, got "
+                             f"{self.filter_error_std_factor}")
         if self.filter_error not in ("diagonal", "full"):
             raise ValueError("filter_error must be 'diagonal' or 'full', "
                              f"got {self.filter_error!r}")
@@ -395,7 +402,10 @@ def _observations(cfg: LeeConfig, model, truth: torch.Tensor) -> Observations:
     if cfg.filter_error == "diagonal":
         from observations.errors import DiagonalError
 
-        filter_error = DiagonalError(error.std)
+        factor = cfg.filter_error_std_factor
+        if factor is None:
+            factor = correlated_error_factor(cfg.error_length_scale_km, model.lat, model.lon)
+        filter_error = DiagonalError(error.std * factor)
     return Observations(y=syn.y, truth=truth.cpu(), error=error, filter_error=filter_error,
                         times=obs_times, synthetic=syn)
 
@@ -414,6 +424,25 @@ def prepare_inputs(cfg: LeeConfig) -> LeeInputs:
         truth, track, first_guess, best = _era5_truth(cfg, model, spd)
         model = _load_model(cfg)
     return LeeInputs(model, _observations(cfg, model, truth), track, first_guess, best)
+
+
+def correlated_error_factor(length_km: float, lat: torch.Tensor, lon: torch.Tensor) -> float:
+    """sqrt(sum of the error correlations over the grid) ~ sqrt(2 pi L^2 / (dx dy)).
+
+    n observations of a uniform signal with errors of variance s^2 and Gaussian
+    correlation of length L carry the information n / (s^2 sum_k rho_k) (for n much
+    larger than the correlation area); a diagonal R with variances s^2 sum_k rho_k carries
+    the same. The sum is the integral of the Gaussian correlation over the plane,
+    2 pi L^2, over the area of a grid cell at the box's middle latitude. It leaves the
+    small scales, where correlated errors are more informative, under-used: a
+    conservative R for a filter that cannot invert the full one."""
+    lat = torch.as_tensor(lat, dtype=torch.float64)
+    lon = torch.as_tensor(lon, dtype=torch.float64)
+    km_per_deg = math.pi * EARTH_RADIUS_KM / 180.0
+    dy = km_per_deg * float((lat[1:] - lat[:-1]).abs().mean())
+    dx = km_per_deg * float((lon[1:] - lon[:-1]).abs().mean()) * math.cos(
+        math.radians(float(lat.mean())))
+    return math.sqrt(max(2.0 * math.pi * length_km**2 / (dx * dy), 1.0))
 
 
 def _default_std(variables) -> dict[str, float]:

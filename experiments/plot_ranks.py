@@ -3,6 +3,7 @@ setting, one bar series per filter, frequencies normalised so a flat histogram i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments._errors import ArgumentParser, UserError, command  # noqa: E402
 from experiments.rundir import atomic_path  # noqa: E402
 
 
@@ -40,3 +42,26 @@ def plot_rank_histograms(rows: list[dict[str, Any]], path: Path) -> None:
     with atomic_path(path, suffix=path.suffix) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
+
+
+@command("tfda plot-ranks")
+def main(argv: list[str] | None = None) -> int:
+    """Draw the rank histograms of saved ``l96_twin`` tables (DIR/table.json) into one PNG."""
+    parser = ArgumentParser(prog="python -m experiments.plot_ranks",
+                            description="rank histograms of saved l96_twin tables")
+    parser.add_argument("tables", nargs="+", type=Path, help="table.json files of l96_twin")
+    parser.add_argument("--png", required=True, type=Path, help="output PNG")
+    args = parser.parse_args(argv)
+    rows = []
+    for table in args.tables:
+        try:
+            rows.extend(json.loads(table.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{table}: not an l96_twin table.json ({exc})") from exc
+    plot_rank_histograms(rows, args.png)
+    print(args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
