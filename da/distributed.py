@@ -1,6 +1,6 @@
 """Process-group set-up under mpirun/mpiexec, srun or torchrun, and the rank grid.
 
-:func:`init` reads the launcher from the environment (DESIGN.md section 5):
+:func:`init` reads the launcher from the environment (docs/design.md section 5):
 
 * torchrun (and ``torch.multiprocessing`` workers that set its variables):
   RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;

@@ -25,7 +25,7 @@ Shapes: ``z`` is (*batch, N, *features), ``x0`` is (*batch, M, *features), with
 prior sets). ``t`` is a float, a tensor shaped like the batch (one time per prior
 set) or like (*batch, N) (one time per row, as in batched Parareal).
 
-Sharding (DESIGN.md, "Sharded score"): pass the local shard of the features of z
+Sharding (docs/design.md, "Sharded score"): pass the local shard of the features of z
 and x0 and the process group holding the other shards; the N x M logits are summed
 with one all_reduce and nothing of size d leaves the rank.
 """

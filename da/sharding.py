@@ -3,7 +3,7 @@
 The seed paper splits the feature axis d of the points Z (N x d) and of the prior
 samples X (M x d) over P GPUs, but its Algorithm 2 scatters the chunks from rank 0,
 gathers the score back and averages without the softmax weights of Eq. (8). tfda
-keeps every rank's shard where it lives (DESIGN.md, "Sharded score"): the only
+keeps every rank's shard where it lives (docs/design.md, "Sharded score"): the only
 traffic of a score evaluation is one all_reduce of the N x M logits
 (:func:`da.score.mixture_score` with ``group=``). This module holds what sits
 around that collective:

@@ -1,4 +1,4 @@
-"""Forecast models behind one interface (DESIGN.md section 3).
+"""Forecast models behind one interface (docs/design.md section 3).
 
 ``models.load(name, **kwargs)`` builds a registered model ("fourcastnet",
 "barotropic", "lorenz96"); :func:`rollout` iterates a model from an initial state.

@@ -1,6 +1,6 @@
 """Forecast-model interface, registry, rollout and the normalised-module wrapper.
 
-DESIGN.md section 3: a forecast model exposes ``variables`` (channel names),
+docs/design.md section 3: a forecast model exposes ``variables`` (channel names),
 ``lat`` (descending), ``lon`` (0..360 east or the model's own ring index),
 ``dt`` (a :class:`datetime.timedelta`), ``step(x) -> x`` on tensors shaped
 (batch, variable, lat, lon) and ``to(device) -> self``. Everything in tfda that
@@ -26,7 +26,7 @@ import torch
 
 @runtime_checkable
 class ForecastModel(Protocol):
-    """What a forecast model provides (DESIGN.md section 3)."""
+    """What a forecast model provides (docs/design.md section 3)."""
 
     variables: tuple[str, ...]
     lat: torch.Tensor

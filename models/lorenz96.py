@@ -9,7 +9,7 @@ Time convention (Lorenz 1996): 1 model time unit ~ 5 days, so 0.05 = 6 h, the
 analysis interval of the Sakov & Oke (2008) setting. ``Lorenz96.dt`` is that
 datetime.timedelta; ``Lorenz96.time_step`` is the step in model time units.
 
-It satisfies the ForecastModel protocol of DESIGN.md section 3 in its simplest
+It satisfies the ForecastModel protocol of docs/design.md section 3 in its simplest
 form: one variable "x", a one-row "grid" (``lat`` = [0.]) whose ``lon`` is the
 ring index, and ``step`` on (batch, 1, 1, nx) tensors or plain (batch, nx).
 """

@@ -3,7 +3,7 @@
 ERA5 (Hersbach et al. 2020, QJRMS 146:1999) is the truth of the Lee study
 (Rafid et al., SC'24 workshops, Sec. V) and the training data of FourCastNet v1
 (Pathak et al. 2022), whose 20 input channels are :data:`FOURCASTNET_CHANNELS`
-(DESIGN.md section 3, earth2studio spelling).
+(docs/design.md section 3, earth2studio spelling).
 
 * :func:`build_requests` turns a list of times into Copernicus Climate Data Store
   requests (``reanalysis-era5-single-levels`` and ``reanalysis-era5-pressure-levels``,
@@ -397,7 +397,7 @@ def load_era5(
 
 def check_fourcastnet_grid(lat: np.ndarray | torch.Tensor, lon: np.ndarray | torch.Tensor) -> None:
     """Raise ValueError unless (lat, lon) is ERA5's 0.25-degree grid that FourCastNet
-    v1 expects: 721 latitudes 90 -> -90 and 1440 longitudes 0 .. 359.75 (DESIGN.md 4)."""
+    v1 expects: 721 latitudes 90 -> -90 and 1440 longitudes 0 .. 359.75 (docs/design.md 4)."""
     la = np.asarray(lat, dtype=np.float64).ravel()
     lo = np.asarray(lon, dtype=np.float64).ravel()
     ok = (la.size == 721 and lo.size == 1440

@@ -4,7 +4,7 @@
 ``DIR/global_means.npy`` and ``DIR/global_stds.npy`` (the official release
 layout) and returns a :class:`models.base.NormalisedModule` on the 0.25 degree
 ERA5 grid: 721 latitudes 90..-90, 1440 longitudes 0..359.75 east, the 20
-channels of DESIGN.md section 3, a 6-hour step. The network sees the first 720
+channels of docs/design.md section 3, a 6-hour step. The network sees the first 720
 rows (the -90 row is cropped, as in training); on output that row is re-padded
 by ``pad`` ("persist": keeps its input value, the default; "nearest": copies
 the -89.75 row).
@@ -41,7 +41,7 @@ __all__ = [
     "fourcastnet_grid",
 ]
 
-#: FourCastNet v1 channel order, earth2studio spelling (DESIGN.md section 3).
+#: FourCastNet v1 channel order, earth2studio spelling (docs/design.md section 3).
 FOURCASTNET_VARIABLES: tuple[str, ...] = (
     "u10m", "v10m", "t2m", "sp", "msl", "t850", "u1000", "v1000", "z1000", "u850",
     "v850", "z850", "u500", "v500", "z500", "t500", "z50", "r500", "r850", "tcwv",

@@ -5,7 +5,7 @@ Adaptive Fourier Neural Operator token mixing (Guibas et al. 2021, arXiv
 (+skip) -> LayerNorm -> MLP (+skip)], a linear head back to patches.
 
 The module and parameter names follow the official ``networks/afnonet.py`` so
-that the published ``backbone.ckpt`` loads unchanged (DESIGN.md section 4)::
+that the published ``backbone.ckpt`` loads unchanged (docs/design.md section 4)::
 
     pos_embed                      [1, (H/p)(W/p), E]
     patch_embed.proj.{weight,bias} [E, C_in, p, p], [E]
@@ -43,7 +43,7 @@ __all__ = ["AFNOConfig", "AFNONet", "AFNOFilter", "AFNOBlock"]
 
 @dataclass(frozen=True)
 class AFNOConfig:
-    """Network size; the defaults are FourCastNet v1 (DESIGN.md section 4)."""
+    """Network size; the defaults are FourCastNet v1 (docs/design.md section 4)."""
 
     img_size: tuple[int, int] = (720, 1440)
     patch_size: int = 8

@@ -1,6 +1,6 @@
 """Loading (and, for tests and fine-tuned copies, saving) FourCastNet v1 files.
 
-The official release (NVlabs/FourCastNet, DESIGN.md section 4) ships
+The official release (NVlabs/FourCastNet, docs/design.md section 4) ships
 ``backbone.ckpt`` -- a ``torch.save`` dict whose ``model_state`` holds the
 network's parameters with a ``module.`` prefix (the net was trained under
 DistributedDataParallel) -- and ``global_means.npy`` / ``global_stds.npy`` of

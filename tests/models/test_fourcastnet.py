@@ -27,7 +27,7 @@ TINY = AFNOConfig(img_size=(16, 32), patch_size=4, in_chans=3, out_chans=3, embe
 
 
 def official_shapes() -> dict[str, tuple[int, ...]]:
-    """Names and shapes of backbone.ckpt (DESIGN.md section 4; Pathak et al. 2022 Table/config:
+    """Names and shapes of backbone.ckpt (docs/design.md section 4; Pathak et al. 2022 Table/config:
     720x1440, patch 8, embed 768, depth 12, mlp ratio 4, 8 blocks, 20 channels)."""
     e, c, p, nb = 768, 20, 8, 8
     bs = e // nb
@@ -55,7 +55,7 @@ def test_full_size_network_on_meta_has_the_official_names_and_shapes():
     got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     want = official_shapes()
     assert got == want
-    # spot checks quoted in DESIGN.md section 4
+    # spot checks quoted in docs/design.md section 4
     assert got["pos_embed"] == (1, 16200, 768)
     assert got["patch_embed.proj.weight"] == (768, 20, 8, 8)
     assert got["blocks.0.filter.w1"] == (2, 8, 96, 96)
