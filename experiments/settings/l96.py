@@ -47,7 +47,7 @@ SAKOV2008 = L96Setting(
     # coordinates is the best paired setting measured.
     ensf_published={"score": "paired", "sampler": "sde", "steps": 200, "eps_a": 0.5,
                     "eps_b": 0.5, "standardise": True},
-    expected_rmse_a={"letkf": 0.18, "ensf": 0.18, "ensf-published": 0.4},
+    expected_rmse_a={"letkf": 0.19, "ensf": 0.19, "ensf-published": 0.42},
     reference="Sakov & Oke (2008): LETKF, 20 members, loc. radius ~4: RMSE ~0.2 or below",
 )
 
@@ -61,7 +61,8 @@ _ARCTAN = {
     # eps_b 0.025, 200 Euler-Maruyama steps, paired score, no clipping needed here.
     "ensf_published": {"score": "paired", "sampler": "sde", "steps": 200, "eps_a": 0.5,
                        "eps_b": 0.025},
-    "expected_rmse_a": {"letkf": 0.04, "ensf": 0.04, "ensf-published": 0.2},  # Nx 100
+    # Nx 100 (5 seeds); Nx 1000 within 0.01 of these (docs/ensf.md)
+    "expected_rmse_a": {"letkf": 0.04, "ensf": 0.04, "ensf-published": 0.19},
     "reference": "Bao, Zhang & Zhang (arXiv 2309.00983), Sec. 4: arctan obs, std 0.05, dt 0.1; "
                  "published EnSF 0.193, LETKF 0.138 on their runs",
 }
