@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-score": ("experiments.bench_score", "score estimator benchmark"),
     "bench-models": ("experiments.bench_models", "forecast-model timing benchmark"),
     "plot-tracks": ("experiments.plot_tracks", "track-uncertainty figure of a Lee run directory"),
+    "plot-ranks": ("experiments.plot_ranks", "rank histograms of saved l96 tables"),
 }
 
 
