@@ -136,6 +136,7 @@ class LeeConfig:
             raise ValueError(f"mode must be 'analogue' or 'era5', got {self.mode!r}")
         if self.members < 3:
             raise ValueError(f"members must be >= 3 (an ellipse needs 3), got {self.members}")
+        self._check_ensf()
         if self.parareal_slices > 0 and self.ensf_score == "kernel":
             raise ValueError("parareal_slices: Parareal runs the paired/mixture samplers; set "
                              "ensf_score = 'paired' (the kernel EnSF's transport is "
@@ -166,6 +167,19 @@ class LeeConfig:
         except ValueError:
             raise ValueError(f"day0 must be an ISO date/time such as 2023-09-08T00:00, "
                              f"got {self.day0!r}") from None
+
+    def _check_ensf(self) -> None:
+        """The EnSF options, checked by EnSF itself, before any work (its errors name them)."""
+        from da.filters.ensf import EnSF
+
+        if self.ensf_radius_km is not None and not self.ensf_radius_km > 0:
+            raise ValueError(f"ensf_radius_km must be > 0 or absent, got {self.ensf_radius_km}")
+        try:
+            EnSF(score=self.ensf_score, sampler=self.ensf_sampler, steps=self.ensf_steps,
+                 eps_a=self.ensf_eps_a, inflation=self.ensf_inflation,
+                 bandwidth=self.ensf_bandwidth)
+        except ValueError as exc:
+            raise ValueError(f"ensf options: {exc}") from None
 
     @property
     def day0_time(self) -> datetime:

@@ -93,6 +93,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["lee_nested"] = lee_toml("nested", analogue_model={**TINY_ANALOGUE["analogue_model"],
                                                          "resolutionn": 1.0})
     f["lee_day0"] = lee_toml("day0", day0="2023-13-45")
+    f["lee_bandwidth"] = lee_toml("bandwidth", ensf_bandwidth=1.5)
+    f["lee_radius"] = lee_toml("radius", ensf_radius_km=-3.0)
     f["lee_unknown"] = lee_toml("unknown", memberz=5)
     f["lee_badtoml"] = d / "bad.toml"
     f["lee_badtoml"].write_text("members = [\n")
@@ -173,6 +175,11 @@ IN_PROCESS = [
      "absent.toml"),
 
     ("lee-device-bogus", ("lee", "--device", "gpu", "--out", "{out}"), "--device"),
+    ("lee-ensf-bandwidth", ("lee", "--config", "{lee_bandwidth}", "--out", "{out}"),
+     "bandwidth"),
+    ("lee-ensf-radius", ("lee", "--config", "{lee_radius}", "--out", "{out}"), "ensf_radius_km"),
+    ("l96-set-bandwidth", ("l96", "sakov2008", "--filter", "ensf", "--set", "bandwidth=0",
+                           "--out", "{out}"), "bandwidth"),
     ("cycle-members-negative", ("cycle", "{cy_negative}", "--out", "{out}"), "members"),
     ("cycle-config-missing", ("cycle", "{d}/absent.toml", "--out", "{out}"), "absent.toml"),
     ("l96-set-syntax", ("l96", "sakov2008", "--set", "inflation", "--out", "{out}"), "--set"),
