@@ -38,10 +38,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import xarray as xr
+from tfda.da._checks import check_ensemble
+from tfda.da.metrics import crps, rank_counts
 from tqdm.auto import tqdm
-
-from da._checks import check_ensemble
-from da.metrics import crps, rank_counts
 
 METRICS = ("rmse_f", "rmse_a", "spread_f", "spread_a", "obs_rmse_f", "obs_rmse_a",
            "crps_f", "crps_a")

@@ -26,8 +26,7 @@ Shapes: z (B, N, K) points, means (B, M, K), var (B, K) or a float, log_weights
 from __future__ import annotations
 
 import torch
-
-from da.schedule import Schedule
+from tfda.da.schedule import Schedule
 
 
 def gaussian_mixture_score(

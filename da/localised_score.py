@@ -24,9 +24,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-from da.filters.local import gaspari_cohn
-from da.schedule import Schedule
+from tfda.da.filters.local import gaspari_cohn
+from tfda.da.schedule import Schedule
 
 Taper = Callable[[torch.Tensor], torch.Tensor]
 

@@ -44,11 +44,10 @@ from typing import Literal, Protocol
 
 import torch
 import torch.distributed as dist
+from tfda.da._checks import check_finite, check_time_grid
+from tfda.da.sampler import OdeMethod, ScoreFn, StepCallback, ode_step
+from tfda.da.schedule import Schedule
 from tqdm.auto import tqdm
-
-from da._checks import check_finite, check_time_grid
-from da.sampler import OdeMethod, ScoreFn, StepCallback, ode_step
-from da.schedule import Schedule
 
 Mode = Literal["serial", "batched", "distributed"]
 MODES = ("serial", "batched", "distributed")

@@ -14,8 +14,7 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-
-from da._checks import check_finite
+from tfda.da._checks import check_finite
 
 # 65536 features a chunk: a few MB per member in float32, and measured faster than one
 # big product on CPU (experiments/bench_score.py); None means a single chunk.

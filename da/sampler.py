@@ -20,14 +20,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
+from tfda.da._checks import check_finite, check_time_grid
+from tfda.da.devices import randn_like
+from tfda.da.schedule import Schedule
 from tqdm.auto import tqdm
 
-from da._checks import check_finite, check_time_grid
-from da.devices import randn_like
-from da.schedule import Schedule
-
 if TYPE_CHECKING:
-    from da.parareal import ParallelConfig
+    from tfda.da.parareal import ParallelConfig
 
 ScoreFn = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
@@ -192,7 +191,7 @@ def sample_ode(
     check_finite("z", z)
     _check_start(schedule, float(timesteps[0]))
     if parareal is not None:
-        from da.parareal import run_config  # parareal imports this module
+        from tfda.da.parareal import run_config  # parareal imports this module
 
         return _finish("sample_ode", run_config(
             parareal, score, z, timesteps, schedule,

@@ -37,10 +37,9 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
-
-from da._checks import check_finite, check_times
-from da.devices import randperm
-from da.prepared import (
+from tfda.da._checks import check_finite, check_times
+from tfda.da.devices import randperm
+from tfda.da.prepared import (
     DEFAULT_CHUNK,
     ChunkSize,
     PreparedPrior,
@@ -49,7 +48,7 @@ from da.prepared import (
     auto_chunk,
     prepare_prior,
 )
-from da.schedule import Schedule
+from tfda.da.schedule import Schedule
 
 __all__ = [
     "DEFAULT_CHUNK", "DEFAULT_SCHEDULE", "AllReduceSum", "PreparedPrior", "auto_chunk",

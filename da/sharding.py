@@ -32,9 +32,8 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-
-from da.schedule import Schedule
-from da.score import DEFAULT_SCHEDULE, AllReduceSum, mixture_score, paired_score
+from tfda.da.schedule import Schedule
+from tfda.da.score import DEFAULT_SCHEDULE, AllReduceSum, mixture_score, paired_score
 
 _MASK64 = (1 << 64) - 1
 

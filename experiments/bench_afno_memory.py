@@ -1,4 +1,4 @@
-"""Peak memory of one FourCastNet AFNO forward: ``python -m experiments.bench_afno_memory``.
+"""Peak memory of one FourCastNet AFNO forward: ``python -m tfda.experiments.bench_afno_memory``.
 
 Runs the network of :mod:`models.fourcastnet` with random weights, no grad, on
 ``--members`` inputs and prints the peak extra memory the forward needs beyond
@@ -22,8 +22,7 @@ import re
 import time
 
 import torch
-
-from models.fourcastnet import AFNOConfig, AFNONet
+from tfda.models.fourcastnet import AFNOConfig, AFNONet
 
 
 def _status_kib(key: str) -> int:

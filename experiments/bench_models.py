@@ -19,11 +19,10 @@ import math
 import time
 
 import torch
-
-from experiments._errors import ArgumentParser, command, description
-from models.barotropic import BarotropicConfig, BarotropicModel, vortex_state
-from models.base import rollout
-from models.fourcastnet import load_fourcastnet
+from tfda.experiments._errors import ArgumentParser, command, description
+from tfda.models.barotropic import BarotropicConfig, BarotropicModel, vortex_state
+from tfda.models.base import rollout
+from tfda.models.fourcastnet import load_fourcastnet
 
 
 def bench_barotropic(members: int, days: int, *, progress: bool) -> tuple[float, float, str]:

@@ -7,8 +7,8 @@ data-sheet HBM figure on CUDA, a measured memory copy on CPU) and peak extra mem
 per evaluation, for the matrix form on the raw and on the prepared prior
 (:func:`da.score.prepare_prior`), the broadcast form and the paired estimator::
 
-    python -m experiments.bench_score                       # CPU, d = 1e4, 1e5, 1e6
-    python -m experiments.bench_score --dims 1e4 1e5 1e6 1e7 --device cuda
+    python -m tfda.experiments.bench_score                       # CPU, d = 1e4, 1e5, 1e6
+    python -m tfda.experiments.bench_score --dims 1e4 1e5 1e6 1e7 --device cuda
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` minus the inputs; on CPU,
 the process's peak resident set (VmHWM, reset through /proc/self/clear_refs before
@@ -26,10 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-from da.schedule import Schedule
-from da.score import mixture_score, paired_score, prepare_prior
-from experiments._errors import ArgumentParser, command, description
+from tfda.da.schedule import Schedule
+from tfda.da.score import mixture_score, paired_score, prepare_prior
+from tfda.experiments._errors import ArgumentParser, command, description
 
 SCHEDULE = Schedule(eps_a=0.025)
 

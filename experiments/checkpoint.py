@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from experiments.rundir import atomic_path
+from tfda.experiments.rundir import atomic_path
 
 
 class FileCheckpointer:

@@ -11,20 +11,20 @@ from __future__ import annotations
 import importlib
 import sys
 
-from experiments._errors import DEBUG_FLAG, debug_requested, report
+from tfda.experiments._errors import DEBUG_FLAG, debug_requested, report
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "lee": ("experiments.hurricane_lee", "Hurricane Lee study (analogue by default)"),
-    "demo": ("experiments.sample_demo", "training-free sampling demo on a 2-D mixture"),
-    "cycle": ("experiments.cycle", "assimilation cycle from a TOML config"),
-    "l96": ("experiments.l96_twin", "Lorenz-96 twin experiments (EnSF vs LETKF)"),
-    "era5": ("experiments.era5_cli", "ERA5 download / prepare through cdsapi"),
-    "parareal": ("experiments.parareal_speedup", "Parareal speed-up table"),
-    "scaling": ("experiments.scaling", "strong/weak scaling of the sharded score"),
-    "bench-score": ("experiments.bench_score", "score estimator benchmark"),
-    "bench-models": ("experiments.bench_models", "forecast-model timing benchmark"),
-    "plot-tracks": ("experiments.plot_tracks", "track-uncertainty figure of a Lee run directory"),
-    "plot-ranks": ("experiments.plot_ranks", "rank histograms of saved l96 tables"),
+    "lee": ("tfda.experiments.hurricane_lee", "Hurricane Lee study (analogue by default)"),
+    "demo": ("tfda.experiments.sample_demo", "training-free sampling demo on a 2-D mixture"),
+    "cycle": ("tfda.experiments.cycle", "assimilation cycle from a TOML config"),
+    "l96": ("tfda.experiments.l96_twin", "Lorenz-96 twin experiments (EnSF vs LETKF)"),
+    "era5": ("tfda.experiments.era5_cli", "ERA5 download / prepare through cdsapi"),
+    "parareal": ("tfda.experiments.parareal_speedup", "Parareal speed-up table"),
+    "scaling": ("tfda.experiments.scaling", "strong/weak scaling of the sharded score"),
+    "bench-score": ("tfda.experiments.bench_score", "score estimator benchmark"),
+    "bench-models": ("tfda.experiments.bench_models", "forecast-model timing benchmark"),
+    "plot-tracks": ("tfda.experiments.plot_tracks", "the track figure of a Lee run directory"),
+    "plot-ranks": ("tfda.experiments.plot_ranks", "rank histograms of saved l96 tables"),
 }
 
 

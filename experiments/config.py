@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from experiments._errors import UserError
+from tfda.experiments._errors import UserError
 
 T = TypeVar("T")
 

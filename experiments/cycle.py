@@ -44,10 +44,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-
-from experiments import rundir
-from experiments._errors import ArgumentParser, UserError, command
-from experiments.config import build, check_call, load_toml, to_plain
+from tfda.experiments import rundir
+from tfda.experiments._errors import ArgumentParser, UserError, command
+from tfda.experiments.config import build, check_call, load_toml, to_plain
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -150,10 +149,10 @@ class CycleConfig:
 
 def _filter_class(name: str):
     if name == "ensf":
-        from da.filters.ensf import EnSF
+        from tfda.da.filters.ensf import EnSF
 
         return EnSF
-    from da.filters.letkf import LETKF
+    from tfda.da.filters.letkf import LETKF
 
     return LETKF
 
@@ -166,12 +165,11 @@ def load_config(path: str | os.PathLike) -> CycleConfig:
             if key not in data:
                 raise UserError(f"[{key}]: missing table (it needs at least a name)")
         cfg = build(CycleConfig, data)
-        import models
-
+        from tfda import models
         if cfg.model.name not in models.available():
             raise UserError(f"model.name: unknown model {cfg.model.name!r}; registered: "
                             f"{', '.join(models.available())}")
-        from models.base import _resolve
+        from tfda.models.base import _resolve
 
         check_call(_resolve(cfg.model.name), cfg.model.options, "model.options")
         build(_filter_class(cfg.filter.name), cfg.filter.options, "filter.options")
@@ -184,7 +182,7 @@ def _truth(model, name: str, spec: TruthSection, generator) -> torch.Tensor:
     if hasattr(model, "spin_up"):
         return model.spin_up(spec.spin_up_steps, generator=generator)[0]
     if name == "barotropic":
-        from models.barotropic import vortex_state
+        from tfda.models.barotropic import vortex_state
 
         return vortex_state(model, spec.lat, spec.lon, vmax=spec.vmax,
                             rmax=spec.rmax_km * 1e3)[0]
@@ -193,11 +191,11 @@ def _truth(model, name: str, spec: TruthSection, generator) -> torch.Tensor:
 
 
 def _operator(spec: ObservationsSection, state_shape: tuple[int, ...], model):
-    from observations.errors import DiagonalError
-    from observations.operators import Identity, Subset
+    from tfda.observations.errors import DiagonalError
+    from tfda.observations.operators import Identity, Subset
 
     if spec.std == "default":  # per-variable stds of observations.synthetic
-        from observations.synthetic import default_error
+        from tfda.observations.synthetic import default_error
 
         error = default_error(list(model.variables), model.lat, model.lon)
     else:
@@ -222,9 +220,10 @@ def hashed(cfg: CycleConfig) -> dict[str, Any]:
 
 def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
     """Run the cycle described by ``cfg`` (see the module docstring) into ``out``."""
-    import models
-    from da.cycle import run_cycle
-    from experiments.checkpoint import FileCheckpointer
+    from tfda.da.cycle import run_cycle
+    from tfda.experiments.checkpoint import FileCheckpointer
+
+    from tfda import models
 
     fp = fingerprint(hashed(cfg))
     rundir.check_out_dir(out)

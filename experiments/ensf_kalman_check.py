@@ -1,6 +1,6 @@
 """How far is an EnSF analysis from the Bayesian answer? 1-D linear-Gaussian checks.
 
-    python -m experiments.ensf_kalman_check
+    python -m tfda.experiments.ensf_kalman_check
 
 prints three tables (docs/ensf.md quotes them):
 
@@ -21,9 +21,8 @@ import argparse
 import math
 
 import torch
-
-from da.filters import EnSF
-from observations.operators import Identity
+from tfda.da.filters import EnSF
+from tfda.observations.operators import Identity
 
 F64 = torch.float64
 PUBLISHED = {"score": "paired", "eps_a": 0.5, "eps_b": 0.025, "steps": 200, "seed": 1}
@@ -80,7 +79,7 @@ def moments_table(members: int, g: torch.Generator) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.ensf_kalman_check",
+    parser = argparse.ArgumentParser(prog="python -m tfda.experiments.ensf_kalman_check",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)

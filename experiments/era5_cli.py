@@ -15,10 +15,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import torch
-
-from experiments._errors import ArgumentParser, UserError, command
-from experiments.rundir import check_out_dir
-from observations import era5
+from tfda.experiments._errors import ArgumentParser, UserError, command
+from tfda.experiments.rundir import check_out_dir
+from tfda.observations import era5
 
 LEE_START = datetime(2023, 9, 5, 0)
 LEE_END = datetime(2023, 9, 16, 0)

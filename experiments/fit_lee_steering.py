@@ -1,6 +1,6 @@
 """Fit the barotropic analogue's steering field so that its storm follows Hurricane Lee.
 
-``python -m experiments.fit_lee_steering [--iterations N] [--write]`` prints, per
+``python -m tfda.experiments.fit_lee_steering [--iterations N] [--write]`` prints, per
 iteration, the truth-vs-best-track errors on the days with a best-track fix, and
 with ``--write`` stores the fitted field in ``experiments/data/lee_steering.json``
 (package data; ``tfda lee`` reads it through :func:`load_fitted`).
@@ -47,12 +47,11 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from models.barotropic import EARTH_RADIUS, BarotropicConfig, BarotropicModel, vortex_state
-from models.tracking import StormTracker, TrackerConfig, great_circle_km
+from tfda.models.barotropic import EARTH_RADIUS, BarotropicConfig, BarotropicModel, vortex_state
+from tfda.models.tracking import StormTracker, TrackerConfig, great_circle_km
 
 FIT_FILE = Path(__file__).resolve().parent / "data" / "lee_steering.json"
-COMMAND = "python -m experiments.fit_lee_steering --write"
+COMMAND = "python -m tfda.experiments.fit_lee_steering --write"
 DAY0 = datetime(2023, 9, 8)
 START_DAY = -3
 END_DAY = 9
@@ -90,7 +89,7 @@ def reference_track(times: list[datetime]) -> tuple[np.ndarray, np.ndarray]:
     """Lee's best-track (lat, lon 0..360) at ``times``: linear in time between fixes,
     extrapolated before the first fix with the mean motion of its first 24 h and after
     the last with the motion of the last segment."""
-    from observations.besttrack import lee2023
+    from tfda.observations.besttrack import lee2023
 
     bt = lee2023()
     t = (bt.time - np.datetime64(DAY0, "m")).astype(np.float64) / 60.0   # hours from Day 0
@@ -109,7 +108,7 @@ def reference_track(times: list[datetime]) -> tuple[np.ndarray, np.ndarray]:
 
 def fix_days() -> list[int]:
     """Days (relative to Day 0) whose 00 UTC has a best-track fix, from the start day on."""
-    from observations.besttrack import lee2023
+    from tfda.observations.besttrack import lee2023
 
     bt = lee2023()
     days = []
@@ -144,7 +143,7 @@ def daily_errors(lat: np.ndarray, lon: np.ndarray, *, steps_per_day: int = 4
                  ) -> dict[str, float]:
     """Great-circle error (km) against the best track on the fix days (keys "Day d") and
     at landfall, for a 6-hourly track starting on Day -3."""
-    from observations.besttrack import lee2023
+    from tfda.observations.besttrack import lee2023
 
     bt = lee2023()
     out: dict[str, float] = {}
@@ -243,7 +242,7 @@ def fit(settings: FitSettings = FitSettings(), *, verbose: bool = True) -> dict[
 
 
 def load_fitted(path: str | os.PathLike = FIT_FILE) -> dict[str, Any]:
-    """The stored fit (written by ``python -m experiments.fit_lee_steering --write``)."""
+    """The stored fit (written by ``python -m tfda.experiments.fit_lee_steering --write``)."""
     return json.loads(Path(path).read_text())
 
 
@@ -255,7 +254,7 @@ def analogue_model(fitted: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.fit_lee_steering",
+    p = argparse.ArgumentParser(prog="python -m tfda.experiments.fit_lee_steering",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--iterations", type=int, default=FitSettings.iterations)
     p.add_argument("--write", action="store_true", help=f"store the result in {FIT_FILE.name}")

@@ -1,4 +1,4 @@
-"""GPU smoke check: ``python -m experiments.gpu_check`` exercises every GPU path once.
+"""GPU smoke check: ``python -m tfda.experiments.gpu_check`` exercises every GPU path once.
 
 Parts, each in its own process under a time limit (``--budget`` seconds in all,
 default 290, shared out by :data:`SHARES`), with a closing table:
@@ -48,9 +48,9 @@ def synthetic_era5(path: Path, times: list[datetime], lat: np.ndarray, lon: np.n
     """A netCDF of the 20 FourCastNet channels at ``times``: noise around 100 and a deep
     vortex drifting west from 17N 52W in msl, u850 and v850; returns (path, per-channel
     mean, per-channel std) for a normalisation that fits these fields."""
-    from models.fourcastnet import FOURCASTNET_VARIABLES as names
-    from models.tracking import great_circle_km
-    from observations.era5 import write_netcdf
+    from tfda.models.fourcastnet import FOURCASTNET_VARIABLES as names
+    from tfda.models.tracking import great_circle_km
+    from tfda.observations.era5 import write_netcdf
 
     rng = np.random.default_rng(0)
     fields = (100.0 + 5.0 * rng.standard_normal((len(times), len(names), lat.size, lon.size),
@@ -74,7 +74,7 @@ def synthetic_era5(path: Path, times: list[datetime], lat: np.ndarray, lon: np.n
 
 def random_weights(folder: Path, afno: dict, mean: np.ndarray, std: np.ndarray) -> Path:
     """backbone.ckpt (random AFNO, official layout) and the two normalisation files."""
-    from models.fourcastnet import AFNOConfig, AFNONet, save_checkpoint
+    from tfda.models.fourcastnet import AFNOConfig, AFNONet, save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -101,7 +101,7 @@ def _toml(values: dict) -> str:
 
 def part_lee(device: str, small: bool, work: Path) -> int:
     """Real-mode Lee through the ``tfda lee`` entry point."""
-    from experiments import cli
+    from tfda.experiments import cli
 
     afno = ({"img_size": [32, 64], "patch_size": 8, "embed_dim": 16, "depth": 1,
              "num_blocks": 2} if small else {})
@@ -129,7 +129,7 @@ def part_lee(device: str, small: bool, work: Path) -> int:
 
 
 def part_twin(device: str, small: bool, work: Path) -> int:
-    from experiments import l96_twin
+    from tfda.experiments import l96_twin
 
     common = ["--device", device, "--dtype", "float32", "--cycles", "3", "--burn-in", "1",
               "--no-progress"]
@@ -147,8 +147,8 @@ def part_twin(device: str, small: bool, work: Path) -> int:
 def part_ensf(device: str, small: bool, work: Path) -> int:
     """Full-state EnSF analyses (identity H, diagonal R): seconds and peak memory."""
     del work
-    from da.filters import EnSF
-    from observations.operators import Identity
+    from tfda.da.filters import EnSF
+    from tfda.observations.operators import Identity
 
     shape = (20, 8, 16) if small else (20, 720, 1440)
     steps = 5 if small else 100
@@ -180,7 +180,7 @@ def part_ensf(device: str, small: bool, work: Path) -> int:
 
 def part_score(device: str, small: bool, work: Path) -> int:
     del work
-    from experiments import bench_score
+    from tfda.experiments import bench_score
 
     dims = ["1e3"] if small else ["1e6", "1e7", "2.07e7"]
     return bench_score.main(["--dims", *dims, "--device", device,
@@ -190,11 +190,11 @@ def part_score(device: str, small: bool, work: Path) -> int:
 def part_models(device: str, small: bool, work: Path) -> int:
     del work
     if small:
-        from experiments import bench_afno_memory
+        from tfda.experiments import bench_afno_memory
 
         return bench_afno_memory.main(["--img", "32", "64", "--embed", "16", "--depth", "1",
                                        "--members", "2", "--device", device])
-    from experiments import bench_models
+    from tfda.experiments import bench_models
 
     rc = bench_models.main(["--skip-barotropic", "--members", "4", "--repeats", "3",
                             "--no-progress", "--bf16-days", "8"])
@@ -212,7 +212,7 @@ RUNNERS = {"lee": part_lee, "twin": part_twin, "ensf": part_ensf, "score": part_
 def _run_part(name: str, args: argparse.Namespace, work: Path, limit: float
               ) -> tuple[str, float, str]:
     """(status, seconds, output) of one part in its own process under ``limit`` s."""
-    cmd = [sys.executable, "-m", "experiments.gpu_check", "--part", name, "--device",
+    cmd = [sys.executable, "-m", "tfda.experiments.gpu_check", "--part", name, "--device",
            args.device, "--workdir", str(work / name)] + (["--small"] if args.small else [])
     t = time.perf_counter()
     try:
@@ -227,7 +227,7 @@ def _run_part(name: str, args: argparse.Namespace, work: Path, limit: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.gpu_check",
+    ap = argparse.ArgumentParser(prog="python -m tfda.experiments.gpu_check",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:1, or cpu")
     ap.add_argument("--small", action="store_true", help="toy sizes (the CPU test)")

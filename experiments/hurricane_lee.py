@@ -44,13 +44,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from experiments import cycle as cycle_io
-from experiments import rundir
-from experiments._errors import ArgumentParser, UserError, command
-from experiments.config import build, load_toml, parse_device
-from experiments.fit_lee_steering import VORTEX, analogue_model, load_fitted
-from experiments.lee_io import (
+from tfda.experiments import cycle as cycle_io
+from tfda.experiments import rundir
+from tfda.experiments._errors import ArgumentParser, UserError, command
+from tfda.experiments.config import build, load_toml, parse_device
+from tfda.experiments.fit_lee_steering import VORTEX, analogue_model, load_fitted
+from tfda.experiments.lee_io import (
     _best_track,
     _check_finite,
     _load_era5,
@@ -60,14 +59,13 @@ from experiments.lee_io import (
     model_spec,
     write_outputs,
 )
-from experiments.plot_tracks import lead_day_metrics, plot_run
-from models.tracking import EARTH_RADIUS_KM, StormTracker, TrackerConfig, great_circle_km
+from tfda.experiments.plot_tracks import lead_day_metrics, plot_run
+from tfda.models.tracking import EARTH_RADIUS_KM, StormTracker, TrackerConfig, great_circle_km
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TRACK_VARIABLES = ("msl", "u850", "v850")
 
 # The analogue's box and steering field: fitted to Lee's best track alone (no filter
-# result enters), by `python -m experiments.fit_lee_steering --write`.
+# result enters), by `python -m tfda.experiments.fit_lee_steering --write`.
 _FITTED = load_fitted()
 ANALOGUE_MODEL: dict[str, Any] = analogue_model(_FITTED)
 
@@ -170,7 +168,7 @@ class LeeConfig:
 
     def _check_ensf(self) -> None:
         """The EnSF options, checked by EnSF itself, before any work (its errors name them)."""
-        from da.filters.ensf import EnSF
+        from tfda.da.filters.ensf import EnSF
 
         if self.ensf_radius_km is not None and not self.ensf_radius_km > 0:
             raise ValueError(f"ensf_radius_km must be > 0 or absent, got {self.ensf_radius_km}")
@@ -202,12 +200,12 @@ class LeeConfig:
         """Every key and type checked (experiments.config), nested tables included."""
         v = dict(values)
         if "analogue_model" in v:
-            from models.barotropic import BarotropicConfig
+            from tfda.models.barotropic import BarotropicConfig
 
             build(BarotropicConfig, v["analogue_model"], "analogue_model")
             v["analogue_model"] = {**ANALOGUE_MODEL, **v["analogue_model"]}
         if v.get("afno"):
-            from models.fourcastnet.afno import AFNOConfig
+            from tfda.models.fourcastnet.afno import AFNOConfig
 
             build(AFNOConfig, v["afno"], "afno")
         return build(cls, v)
@@ -218,13 +216,13 @@ def _device(cfg: LeeConfig) -> torch.device:
 
 
 def _ensf(cfg: LeeConfig, model: Any, group: Any = None):
-    from da.filters import EnSF, grid_distance
-    from da.filters.local import grid_sites
+    from tfda.da.filters import EnSF, grid_distance
+    from tfda.da.filters.local import grid_sites
 
     parareal = None
     sampler = cfg.ensf_sampler
     if cfg.parareal_slices > 0:
-        from da.parareal import ParallelConfig
+        from tfda.da.parareal import ParallelConfig
 
         sampler = "ode"
         parareal = ParallelConfig(n_slices=cfg.parareal_slices, mode=cfg.parareal_mode,
@@ -251,9 +249,9 @@ def _cycle(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None, *,
     """Day -3 ensemble from the observations, then forecast/EnSF-analysis cycles to Day 0
     through :func:`da.cycle.run_cycle`, checkpointed after every analysis (the file name
     carries a hash of the configuration, so another set-up never resumes from it)."""
-    from da.cycle import run_cycle
-    from experiments.checkpoint import FileCheckpointer
-    from observations.operators import Identity
+    from tfda.da.cycle import run_cycle
+    from tfda.experiments.checkpoint import FileCheckpointer
+    from tfda.observations.operators import Identity
 
     y = obs.y.to(device)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
@@ -334,7 +332,7 @@ def _analogue_truth(cfg: LeeConfig, model, spd: int
                     ) -> tuple[torch.Tensor, _Track, tuple[float, float], _Track | None]:
     """(truth at the observation times, truth track Day 0..F, first guess, no best track)
     from one run of the analogue, started from the vortex on the first observation day."""
-    from models.barotropic import vortex_state
+    from tfda.models.barotropic import vortex_state
 
     variables = list(model.variables)
     obs_times = cfg.obs_times()
@@ -370,7 +368,7 @@ def _era5_truth(cfg: LeeConfig, model, spd: int
                 ) -> tuple[torch.Tensor, _Track, tuple[float, float], _Track | None]:
     """(truth at the observation times, truth track Day 0..F, first guess, daily best
     track or None) from ERA5, the truth track found by tracking ERA5 itself."""
-    from models import check_grid
+    from tfda.models import check_grid
 
     track_times = [cfg.day0_time + k * model.dt for k in range(cfg.forecast_days * spd + 1)]
     truth, coords = _load_era5(cfg, cfg.obs_times(), list(model.variables))
@@ -402,7 +400,7 @@ def _era5_truth(cfg: LeeConfig, model, spd: int
 
 def _observations(cfg: LeeConfig, model, truth: torch.Tensor) -> Observations:
     """The truth plus correlated error draws, and the R the filter is told."""
-    from observations.synthetic import default_error, make_observations
+    from tfda.observations.synthetic import default_error, make_observations
 
     variables = list(model.variables)
     obs_times = cfg.obs_times()
@@ -414,7 +412,7 @@ def _observations(cfg: LeeConfig, model, truth: torch.Tensor) -> Observations:
                             lon=model.lon, error=error, generator=gen)
     filter_error = error
     if cfg.filter_error == "diagonal":
-        from observations.errors import DiagonalError
+        from tfda.observations.errors import DiagonalError
 
         factor = cfg.filter_error_std_factor
         if factor is None:
@@ -460,7 +458,7 @@ def correlated_error_factor(length_km: float, lat: torch.Tensor, lon: torch.Tens
 
 
 def _default_std(variables) -> dict[str, float]:
-    from observations.synthetic import DEFAULT_ERROR_STD
+    from tfda.observations.synthetic import DEFAULT_ERROR_STD
 
     unknown = [v for v in variables if v not in DEFAULT_ERROR_STD]
     if unknown:
@@ -472,7 +470,7 @@ def distributed_group(cfg: LeeConfig):
     """(slice group, rank) for Parareal across ranks; (None, 0) otherwise."""
     if cfg.parareal_slices <= 0 or cfg.parareal_mode != "distributed":
         return None, 0
-    from da import distributed
+    from tfda.da import distributed
 
     ctx = distributed.init()
     grid = distributed.make_grid(shard_size=1, n_slices=cfg.parareal_slices)
@@ -577,7 +575,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--model", help="registered model name (default: barotropic/fourcastnet)")
     p.add_argument("--config", metavar="TOML",
                    help="LeeConfig overrides ([lee] table or top level)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/lee_<mode>)")
+    p.add_argument("--out", metavar="DIR",
+                   help="run directory (default runs/lee_<mode> in the current directory)")
     for name, typ in (("members", int), ("ensf-steps", int), ("forecast-days", int),
                       ("seed", int), ("parareal-slices", int)):
         p.add_argument(f"--{name}", type=typ, help=_HELP[name])
@@ -611,7 +610,7 @@ def config_from_args(argv: list[str] | None) -> tuple[LeeConfig, Path]:
     except UserError as exc:
         where = f"--config {args.config}: " if args.config else ""
         raise UserError(f"{where}{exc}") from exc
-    out = Path(args.out) if args.out else REPO_ROOT / "runs" / f"lee_{cfg.mode}"
+    out = Path(args.out) if args.out else Path("runs") / f"lee_{cfg.mode}"  # under the cwd
     _device(cfg)  # a device that is not there fails now, not after the analogue's truth run
     return cfg, rundir.check_out_dir(out)
 

@@ -23,19 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from da.cycle import run_cycle
-from da.filters import LETKF, EnSF, periodic_distance
-from da.localised_score import ring_taper
-from da.metrics import rank_flatness
-from experiments import rundir
-from experiments._errors import ArgumentParser, UserError, command
-from experiments.checkpoint import FileCheckpointer
-from experiments.config import build, parse_device, parse_override
-from experiments.cycle import fingerprint
-from experiments.settings.l96 import SETTINGS, L96Setting
-from models.lorenz96 import Lorenz96
-from observations.operators import Arctan, Identity
+from tfda.da.cycle import run_cycle
+from tfda.da.filters import LETKF, EnSF, periodic_distance
+from tfda.da.localised_score import ring_taper
+from tfda.da.metrics import rank_flatness
+from tfda.experiments import rundir
+from tfda.experiments._errors import ArgumentParser, UserError, command
+from tfda.experiments.checkpoint import FileCheckpointer
+from tfda.experiments.config import build, parse_device, parse_override
+from tfda.experiments.cycle import fingerprint
+from tfda.experiments.settings.l96 import SETTINGS, L96Setting
+from tfda.models.lorenz96 import Lorenz96
+from tfda.observations.operators import Arctan, Identity
 
 FILTERS = ("ensf", "ensf-published", "letkf")
 
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(runs) > 1 or args.seeds > 1:
         rundir.write_json(args.out / "table.json", rows)
     if args.rank_png is not None:
-        from experiments.plot_ranks import plot_rank_histograms
+        from tfda.experiments.plot_ranks import plot_rank_histograms
 
         plot_rank_histograms(rows, args.rank_png)
     return 0

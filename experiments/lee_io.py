@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-
-from experiments import rundir
-from experiments._errors import UserError
+from tfda.experiments import rundir
+from tfda.experiments._errors import UserError
 
 if TYPE_CHECKING:
-    from experiments.hurricane_lee import LeeConfig, LeeInputs, Observations
+    from tfda.experiments.hurricane_lee import LeeConfig, LeeInputs, Observations
 
 
 def model_spec(cfg: LeeConfig):
@@ -32,7 +31,7 @@ def model_spec(cfg: LeeConfig):
     _load_model(cfg, build=False)  # the weights files: present, and torch.save files
     from types import SimpleNamespace
 
-    from models.fourcastnet import FOURCASTNET_VARIABLES, fourcastnet_grid
+    from tfda.models.fourcastnet import FOURCASTNET_VARIABLES, fourcastnet_grid
 
     afno = _afno_config(cfg)
     if afno.in_chans != len(FOURCASTNET_VARIABLES):
@@ -43,7 +42,7 @@ def model_spec(cfg: LeeConfig):
 
 
 def _afno_config(cfg: LeeConfig):
-    from models.fourcastnet import AFNOConfig
+    from tfda.models.fourcastnet import AFNOConfig
 
     afno = dict(cfg.afno)
     if "img_size" in afno:
@@ -52,8 +51,7 @@ def _afno_config(cfg: LeeConfig):
 
 
 def _load_model(cfg: LeeConfig, *, build: bool = True):
-    import models
-
+    from tfda import models
     if cfg.model not in models.available():
         known = ", ".join(models.available())
         raise ValueError(f"unknown model {cfg.model!r}; registered: {known}")
@@ -61,7 +59,7 @@ def _load_model(cfg: LeeConfig, *, build: bool = True):
         if cfg.model != "barotropic":
             raise ValueError(f"--analogue needs the 'barotropic' model (a vortex initial "
                              f"state), got {cfg.model!r}")
-        from models.barotropic import BarotropicConfig
+        from tfda.models.barotropic import BarotropicConfig
 
         return models.load("barotropic", config=BarotropicConfig(**cfg.analogue_model))
     if not cfg.weights:
@@ -110,7 +108,7 @@ def _check_finite(cfg: LeeConfig, data: torch.Tensor, times: list[datetime],
 
 def _load_prepared(path: Path, times: list[datetime], channels) -> tuple[torch.Tensor, dict]:
     """``times`` x ``channels`` from a file written by ``tfda era5 prepare``."""
-    from observations import era5
+    from tfda.observations import era5
 
     data, coords = era5.load_prepared(path)
     have = np.asarray(coords["time"], dtype="datetime64[ns]")
@@ -130,7 +128,7 @@ def _load_prepared(path: Path, times: list[datetime], channels) -> tuple[torch.T
 
 def _load_era5(cfg: LeeConfig, times: list[datetime], channels) -> tuple[torch.Tensor, dict]:
     """(time, channel, lat, lon) at ``times`` from a prepared file or a CDS directory."""
-    from observations import era5
+    from tfda.observations import era5
 
     path = Path(cfg.era5 or "")
     if not path.exists():
@@ -163,7 +161,7 @@ def _best_track(cfg: LeeConfig, times: list[datetime]):
 
 def best_track_fixes(cfg: LeeConfig):
     """All fixes of the configured best track (observations.besttrack.BestTrack) or None."""
-    from observations.besttrack import lee2023, read_atcf
+    from tfda.observations.besttrack import lee2023, read_atcf
 
     if cfg.best_track in (None, "none"):
         return None
@@ -192,7 +190,7 @@ def _write_dataset(ds, path: Path) -> None:
         ds.to_netcdf(tmp, engine="netcdf4")
 
 
-OUTPUTS = ("config.json", "observations.nc", "analyses.nc", "tracks.nc", "metrics.json",
+OUTPUTS = ("config.json", "tfda.observations.nc", "analyses.nc", "tracks.nc", "metrics.json",
            "tracks.png", "tracks.pdf")
 
 
@@ -256,7 +254,7 @@ def _tracks_dataset(cfg: LeeConfig, tracks, inputs: LeeInputs, spd: int):
 
 def write_outputs(out: Path, cfg: LeeConfig, obs: Observations, baseline, ensf, tracks,
                   inputs: LeeInputs, spd: int, metrics: dict[str, Any]) -> None:
-    obs.synthetic.to_netcdf(out / "observations.nc")
+    obs.synthetic.to_netcdf(out / "tfda.observations.nc")
     _write_dataset(_analyses_dataset(cfg, inputs.model, obs, baseline, ensf),
                    out / "analyses.nc")
     _write_dataset(_tracks_dataset(cfg, tracks, inputs, spd), out / "tracks.nc")

@@ -5,8 +5,8 @@ For two sampling problems -- a 2-D Gaussian-mixture target and a d = 1e5 ensembl
 fine score evaluations in total and on the critical path, wall time against the serial
 fine solve, the ideal speed-up n_c / K, and the error against the serial fine solve.
 
-    python -m experiments.parareal_speedup                      # batched mode, one process
-    mpirun -n 4 python -m experiments.parareal_speedup          # + distributed with n_c = 4
+    python -m tfda.experiments.parareal_speedup                      # batched mode, one process
+    mpirun -n 4 python -m tfda.experiments.parareal_speedup          # + distributed with n_c = 4
     tfda parareal_speedup --problem ensemble --slices 8 --device cuda
 
 Distributed mode runs for n_c equal to the number of ranks (one slice a rank); the
@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-
-from da import distributed
-from da.parareal import parareal
-from da.sampler import sample_ode, time_grid
-from da.schedule import Schedule
-from da.score import mixture_score
-from experiments._errors import ArgumentParser, command, description
+from tfda.da import distributed
+from tfda.da.parareal import parareal
+from tfda.da.sampler import sample_ode, time_grid
+from tfda.da.schedule import Schedule
+from tfda.da.score import mixture_score
+from tfda.experiments._errors import ArgumentParser, command, description
 
 SCHEDULE = Schedule(eps_a=1e-3)
 

@@ -12,9 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from experiments._errors import ArgumentParser, UserError, command  # noqa: E402
-from experiments.rundir import atomic_path  # noqa: E402
+from tfda.experiments._errors import ArgumentParser, UserError, command  # noqa: E402
+from tfda.experiments.rundir import atomic_path  # noqa: E402
 
 
 def plot_rank_histograms(rows: list[dict[str, Any]], path: Path) -> None:
@@ -47,7 +46,7 @@ def plot_rank_histograms(rows: list[dict[str, Any]], path: Path) -> None:
 @command("tfda plot-ranks")
 def main(argv: list[str] | None = None) -> int:
     """Draw the rank histograms of saved ``l96_twin`` tables (DIR/table.json) into one PNG."""
-    parser = ArgumentParser(prog="python -m experiments.plot_ranks",
+    parser = ArgumentParser(prog="python -m tfda.experiments.plot_ranks",
                             description="rank histograms of saved l96_twin tables")
     parser.add_argument("tables", nargs="+", type=Path, help="table.json files of l96_twin")
     parser.add_argument("--png", required=True, type=Path, help="output PNG")

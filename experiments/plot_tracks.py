@@ -32,10 +32,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from experiments._errors import ArgumentParser, UserError, command  # noqa: E402
-from experiments.rundir import atomic_path  # noqa: E402
-from experiments.track_metrics import Ellipse, ensemble_ellipse, lead_day_metrics  # noqa: E402
+from tfda.experiments._errors import ArgumentParser, UserError, command  # noqa: E402
+from tfda.experiments.rundir import atomic_path  # noqa: E402
+from tfda.experiments.track_metrics import Ellipse, ensemble_ellipse, lead_day_metrics  # noqa: E402
 
 __all__ = ["Ellipse", "TrackFigure", "draw_track_figure", "ensemble_ellipse", "figure_from_run",
            "lead_day_metrics", "plot_run"]
@@ -127,7 +126,7 @@ def _extent(data: TrackFigure, ref: float, ells) -> list[float]:
 
 def _map_panel(ax, data: TrackFigure, name: str, colour: str, ells, ref: float,
                extent: list[float], day_colours) -> None:
-    from experiments.coastlines import land_polygons
+    from tfda.experiments.coastlines import land_polygons
 
     ax.set_facecolor(_SEA)
     for level, poly in land_polygons((extent[0], extent[1], extent[2], extent[3])):

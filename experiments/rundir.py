@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from experiments._errors import UserError
+from tfda.experiments._errors import UserError
 
 COMPLETE = "COMPLETE"
 

@@ -4,7 +4,7 @@ The score is estimated from prior samples alone (Rafid et al., Eq. 8, with the
 softmax weights); the reverse SDE (Eq. 6) and the probability-flow ODE (Eq. 9) turn
 standard-normal points into samples of the mixture. Writes a three-panel PNG::
 
-    python -m experiments.sample_demo --out runs/demo
+    python -m tfda.experiments.sample_demo --out runs/demo
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-
-from da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
-from da.schedule import Schedule  # noqa: E402
-from da.score import mixture_score  # noqa: E402
-from experiments._errors import ArgumentParser, UserError, command, description
-from experiments.rundir import atomic_path, check_out_dir
+from tfda.da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
+from tfda.da.schedule import Schedule  # noqa: E402
+from tfda.da.score import mixture_score  # noqa: E402
+from tfda.experiments._errors import ArgumentParser, UserError, command, description
+from tfda.experiments.rundir import atomic_path, check_out_dir
 
 
 def eight_gaussians(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -20,7 +20,7 @@ One launch of W ranks measures every P = 1..W on the groups of the first P ranks
 Every rank generates only its own shard of the data (counter-based
 :class:`da.sharding.BlockNoise`), so nothing of size d is ever built whole.
 
-Launch: ``python -m experiments.scaling`` spawns ``--ranks`` gloo processes with
+Launch: ``python -m tfda.experiments.scaling`` spawns ``--ranks`` gloo processes with
 torch.multiprocessing; under ``mpirun -n W``, ``srun`` or ``torchrun`` the launched
 ranks are used instead (da.distributed.init), on GPUs with NCCL/RCCL when present.
 Writes a CSV and a PNG (atomically).
@@ -41,14 +41,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tfda.da.sampler import sample_ode, time_grid
+from tfda.da.schedule import Schedule
+from tfda.da.score import DEFAULT_CHUNK
+from tfda.da.sharding import BlockNoise, CountingComm, ShardLayout, algorithm2_bytes, sharded_score
+from tfda.experiments._errors import ArgumentParser, command, description
+from tfda.experiments.rundir import atomic_path
 from tqdm.auto import tqdm
-
-from da.sampler import sample_ode, time_grid
-from da.schedule import Schedule
-from da.score import DEFAULT_CHUNK
-from da.sharding import BlockNoise, CountingComm, ShardLayout, algorithm2_bytes, sharded_score
-from experiments._errors import ArgumentParser, command, description
-from experiments.rundir import atomic_path
 
 SCHEDULE = Schedule(eps_a=1e-3, eps_b=1e-3)
 FIELDS = ("kind", "ranks", "d", "d_per_rank", "n", "m", "steps", "dtype", "time_s",
@@ -358,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(args.n, args.m, args.steps, args.strong_d, args.weak_d, args.memory_d,
                  memory_ranks, args.repeats, args.dtype, args.threads, not args.no_progress,
                  parts)
-    from da import distributed
+    from tfda.da import distributed
 
     launcher = distributed.detect_launcher()
     if launcher == "single":

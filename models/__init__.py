@@ -4,7 +4,7 @@
 "barotropic", "lorenz96"); :func:`rollout` iterates a model from an initial state.
 """
 
-from models.base import (
+from tfda.models.base import (
     ForecastModel,
     NormalisedModule,
     available,

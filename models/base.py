@@ -237,9 +237,9 @@ class NormalisedModule:
 # --------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, str | Callable[..., Any]] = {
-    "fourcastnet": "models.fourcastnet:load_fourcastnet",
-    "barotropic": "models.barotropic:BarotropicModel",
-    "lorenz96": "models.lorenz96:Lorenz96",
+    "fourcastnet": "tfda.models.fourcastnet:load_fourcastnet",
+    "barotropic": "tfda.models.barotropic:BarotropicModel",
+    "lorenz96": "tfda.models.lorenz96:Lorenz96",
 }
 
 

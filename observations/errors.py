@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import torch
-
-from da.devices import randn
+from tfda.da.devices import randn
 
 
 @runtime_checkable

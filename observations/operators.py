@@ -22,8 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-
-from observations.errors import DiagonalError, ObservationError
+from tfda.observations.errors import DiagonalError, ObservationError
 
 ErrorLike = ObservationError | float | torch.Tensor
 

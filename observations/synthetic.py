@@ -41,9 +41,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from da.devices import rand, randn
-from observations.errors import DiagonalError, ObservationError
+from tfda.da.devices import rand, randn
+from tfda.observations.errors import DiagonalError, ObservationError
 
 EARTH_RADIUS_KM = 6371.0
 LEE_DAY0 = datetime(2023, 9, 8, 0)

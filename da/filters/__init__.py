@@ -4,9 +4,9 @@ Both are frozen dataclasses called as ``filter(prior (M, ...), y, obs_operator)`
 (or ``filter.analysis(...)``) returning the analysis ensemble shaped like the prior.
 """
 
-from da._checks import MaskedObservationWarning
-from da.filters.ensf import EnSF, linear_damping
-from da.filters.letkf import (
+from tfda.da._checks import MaskedObservationWarning
+from tfda.da.filters.ensf import EnSF, linear_damping
+from tfda.da.filters.letkf import (
     LETKF,
     gaspari_cohn,
     great_circle_distance,

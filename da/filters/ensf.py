@@ -31,15 +31,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
-
-from da import sampler as _sampler
-from da._checks import check_ensemble, observation_mask
-from da.devices import randn
-from da.filters.kernel import kernel_analysis
-from da.localised_score import localised_mixture_score
-from da.schedule import Schedule
-from da.score import mixture_score, paired_score, prepare_prior
-from da.stability import curvature_bound, pad_to_multiple, stable_time_grid
+from tfda.da import sampler as _sampler
+from tfda.da._checks import check_ensemble, observation_mask
+from tfda.da.devices import randn
+from tfda.da.filters.kernel import kernel_analysis
+from tfda.da.localised_score import localised_mixture_score
+from tfda.da.schedule import Schedule
+from tfda.da.score import mixture_score, paired_score, prepare_prior
+from tfda.da.stability import curvature_bound, pad_to_multiple, stable_time_grid
 
 Damping = Callable[[Any], Any]
 

@@ -44,11 +44,10 @@ import math
 from typing import Any
 
 import torch
-
-from da._checks import check_ensemble, observation_mask
-from da.filters.local import Sites, local_statistics, observation_moments, site_moments
-from da.gaussian_mixture import mixture_flow
-from da.schedule import Schedule
+from tfda.da._checks import check_ensemble, observation_mask
+from tfda.da.filters.local import Sites, local_statistics, observation_moments, site_moments
+from tfda.da.gaussian_mixture import mixture_flow
+from tfda.da.schedule import Schedule
 
 
 def flow_times(steps: int, *, forward: bool) -> list[float]:

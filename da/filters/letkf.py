@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from da._checks import check_ensemble, observation_mask
-from da.filters.local import (
+from tfda.da._checks import check_ensemble, observation_mask
+from tfda.da.filters.local import (
     gaspari_cohn,
     great_circle_distance,
     grid_distance,

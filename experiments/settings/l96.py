@@ -4,7 +4,7 @@ Three filters per setting: ``ensf`` (the kernel EnSF, tfda's default estimator),
 ``ensf-published`` (the published EnSF's paired estimator with the published
 schedule and step count where the setting is the published one) and ``letkf``.
 ``expected_rmse_a`` holds, per filter, the analysis RMSE over cycles after burn-in,
-averaged over seeds 0-4, of ``python -m experiments.l96_twin NAME --filter F --seeds 5``
+averaged over seeds 0-4, of ``python -m tfda.experiments.l96_twin NAME --filter F --seeds 5``
 (docs/ensf.md gives the table with spread, CRPS and rank-histogram flatness); the
 published target is quoted in ``reference``.
 """

@@ -17,10 +17,9 @@ import os
 from pathlib import Path
 
 import torch
-
-from models.base import NormalisedModule
-from models.fourcastnet.afno import AFNOConfig, AFNONet
-from models.fourcastnet.checkpoint import (
+from tfda.models.base import NormalisedModule
+from tfda.models.fourcastnet.afno import AFNOConfig, AFNONet
+from tfda.models.fourcastnet.checkpoint import (
     build_network,
     load_normalisation,
     load_state_dict,

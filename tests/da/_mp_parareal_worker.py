@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from da import distributed  # noqa: E402
-from da.parareal import parareal  # noqa: E402
-from da.sampler import time_grid  # noqa: E402
-from da.schedule import Schedule  # noqa: E402
-from da.score import mixture_score  # noqa: E402
+from tfda.da import distributed  # noqa: E402
+from tfda.da.parareal import parareal  # noqa: E402
+from tfda.da.sampler import time_grid  # noqa: E402
+from tfda.da.schedule import Schedule  # noqa: E402
+from tfda.da.score import mixture_score  # noqa: E402
 
 SCHEDULE = Schedule(eps_a=1e-3)
 KILL_TIMEOUT_S = 10.0

@@ -26,12 +26,12 @@ import torch.distributed as dist
 if __name__ == "__main__":  # run as a script by mpirun: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from da.filters import periodic_distance  # noqa: E402
-from da.filters.kernel import kernel_analysis  # noqa: E402
-from da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
-from da.schedule import Schedule  # noqa: E402
-from da.score import mixture_score  # noqa: E402
-from da.sharding import (  # noqa: E402
+from tfda.da.filters import periodic_distance  # noqa: E402
+from tfda.da.filters.kernel import kernel_analysis  # noqa: E402
+from tfda.da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
+from tfda.da.schedule import Schedule  # noqa: E402
+from tfda.da.score import mixture_score  # noqa: E402
+from tfda.da.sharding import (  # noqa: E402
     BlockNoise,
     CountingComm,
     ShardLayout,
@@ -40,7 +40,7 @@ from da.sharding import (  # noqa: E402
     scatter_features,
     sharded_score,
 )
-from observations.operators import Identity  # noqa: E402
+from tfda.observations.operators import Identity  # noqa: E402
 
 FEATURES = (5, 11, 19)  # d = 1045: not divisible by 2, 3 or 4
 N_POINTS, N_PRIOR, N_STEPS = 12, 10, 16
@@ -168,8 +168,8 @@ def run_grid_checks() -> dict[str, object]:
     single-process fine solve (Euler over the same grid); grids that do not fit the
     world must fail at set-up on every rank.
     """
-    from da.distributed import make_grid
-    from da.parareal import parareal
+    from tfda.da.distributed import make_grid
+    from tfda.da.parareal import parareal
 
     result: dict[str, object] = {}
     errors = []
@@ -225,7 +225,7 @@ def spawn_worker(rank: int, world_size: int, init_file: str, out: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from da import distributed
+    from tfda.da import distributed
 
     torch.set_num_threads(1)
     ctx = distributed.init(backend="gloo")

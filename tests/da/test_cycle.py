@@ -5,12 +5,11 @@ import math
 
 import pytest
 import torch
-
-from da.cycle import METRICS, run_cycle
-from da.filters import LETKF, EnSF, periodic_distance
-from experiments.checkpoint import FileCheckpointer
-from models.lorenz96 import Lorenz96
-from observations.operators import Identity
+from tfda.da.cycle import METRICS, run_cycle
+from tfda.da.filters import LETKF, EnSF, periodic_distance
+from tfda.experiments.checkpoint import FileCheckpointer
+from tfda.models.lorenz96 import Lorenz96
+from tfda.observations.operators import Identity
 
 
 class _Stop(Exception):

@@ -9,12 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from da import devices
-from da.cycle import _restore_generator
-from da.score import mixture_score
-from observations.errors import DiagonalError
-from observations.synthetic import CorrelatedGridError
+from tfda.da import devices
+from tfda.da.cycle import _restore_generator
+from tfda.da.score import mixture_score
+from tfda.observations.errors import DiagonalError
+from tfda.observations.synthetic import CorrelatedGridError
 
 META = torch.device("meta")
 
@@ -103,11 +102,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", ["ensf", "letkf"])
 def test_a_twin_cycle_runs_on_cuda_and_resumes(tmp_path, kind):
     """The issue-12 crash: the cycle's CUDA generator met a CPU draw in DiagonalError."""
-    from da.cycle import run_cycle
-    from da.filters import LETKF, EnSF, periodic_distance
-    from experiments.checkpoint import FileCheckpointer
-    from models.lorenz96 import Lorenz96
-    from observations.operators import Arctan
+    from tfda.da.cycle import run_cycle
+    from tfda.da.filters import LETKF, EnSF, periodic_distance
+    from tfda.experiments.checkpoint import FileCheckpointer
+    from tfda.models.lorenz96 import Lorenz96
+    from tfda.observations.operators import Arctan
 
     model = Lorenz96(nx=40, dt=0.05, device="cuda")
     g = torch.Generator().manual_seed(0)
@@ -140,7 +139,7 @@ def test_cpu_generator_drives_cuda_draws_and_matches_the_cpu_numbers():
 
 @cuda
 def test_the_score_on_cuda_agrees_with_the_cpu():
-    from da.score import prepare_prior
+    from tfda.da.score import prepare_prior
 
     g = torch.Generator().manual_seed(3)
     x0 = 10 + torch.randn(20, 50_000, generator=g, dtype=torch.float64)

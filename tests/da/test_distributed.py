@@ -1,4 +1,4 @@
-"""da.distributed: launcher detection, the rank grid, and failure of a dead or stalled rank."""
+"""tfda.da.distributed: launcher detection, the rank grid, and failure of a dead or stalled rank."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-
-from da import distributed
+from tfda.da import distributed
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _launch  # noqa: E402

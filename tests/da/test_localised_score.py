@@ -3,11 +3,10 @@
 import math
 
 import torch
-
-from da.filters.local import gaspari_cohn
-from da.localised_score import localised_mixture_score, ring_taper
-from da.schedule import Schedule
-from da.score import mixture_score
+from tfda.da.filters.local import gaspari_cohn
+from tfda.da.localised_score import localised_mixture_score, ring_taper
+from tfda.da.schedule import Schedule
+from tfda.da.score import mixture_score
 
 F64 = torch.float64
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from da.parareal import ParallelConfig, PararealInfo, parareal
-from da.sampler import ode_step, sample_ode, time_grid
-from da.schedule import Schedule
-from da.score import mixture_score
+from tfda.da.parareal import ParallelConfig, PararealInfo, parareal
+from tfda.da.sampler import ode_step, sample_ode, time_grid
+from tfda.da.schedule import Schedule
+from tfda.da.score import mixture_score
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _launch  # noqa: E402
@@ -147,7 +146,7 @@ def test_batched_mode_calls_the_score_once_per_fine_step_with_per_row_times(mixt
 def test_batched_mode_on_cpu_groups_slices_by_state_bytes(mixture, monkeypatch) -> None:
     """Above CPU_BATCH_BYTES of state the batched fine solve goes in groups of slices
     (glibc would page-fault every large temporary afresh); same iterates and counts."""
-    import da.parareal as pr
+    import tfda.da.parareal as pr
 
     score, z, ts = mixture
     n = z.shape[0]

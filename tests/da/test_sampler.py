@@ -2,10 +2,9 @@ import math
 
 import pytest
 import torch
-
-from da.sampler import ode_step, sample_ode, sample_sde, time_grid
-from da.schedule import Schedule
-from da.score import mixture_score
+from tfda.da.sampler import ode_step, sample_ode, sample_sde, time_grid
+from tfda.da.schedule import Schedule
+from tfda.da.score import mixture_score
 
 SCHEDULE = Schedule(eps_a=0.025)
 

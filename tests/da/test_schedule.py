@@ -2,8 +2,7 @@ import math
 
 import pytest
 import torch
-
-from da.schedule import Schedule
+from tfda.da.schedule import Schedule
 
 
 @pytest.mark.parametrize("eps_a,eps_b", [(0.0, 0.0), (0.025, 0.0), (0.05, 1e-3)])

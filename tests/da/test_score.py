@@ -1,8 +1,7 @@
 import pytest
 import torch
-
-from da.schedule import Schedule
-from da.score import mixture_score, paired_score
+from tfda.da.schedule import Schedule
+from tfda.da.score import mixture_score, paired_score
 
 
 def reference_score(z: torch.Tensor, x0: torch.Tensor, t: float, s: Schedule) -> torch.Tensor:
@@ -162,7 +161,7 @@ def test_paired_score_needs_one_prior_sample_per_point():
 def test_a_prepared_prior_gives_the_same_numbers_as_the_raw_prior():
     """Centring and norms taken once per analysis change nothing, bit for bit,
     whatever the chunking, batch dims or whether the centred copy is kept."""
-    from da.score import prepare_prior
+    from tfda.da.score import prepare_prior
 
     g = torch.Generator().manual_seed(8)
     s = Schedule()
@@ -180,7 +179,7 @@ def test_a_prepared_prior_gives_the_same_numbers_as_the_raw_prior():
 
 
 def test_a_prepared_prior_minibatch_is_the_score_of_the_subset():
-    from da.score import prepare_prior
+    from tfda.da.score import prepare_prior
 
     g = torch.Generator().manual_seed(9)
     x0 = torch.randn(30, 40, generator=g, dtype=torch.float64)
@@ -200,7 +199,7 @@ def test_the_chunked_finite_check_finds_a_nan_in_the_last_chunk():
 
 
 def test_auto_chunk_is_bounded_on_cpu_and_sized_by_free_memory_on_cuda(monkeypatch):
-    from da import score
+    from tfda.da import score
 
     cpu = torch.device("cpu")
     assert score.auto_chunk(20, 20, 10**8, 4, cpu) == score.DEFAULT_CHUNK

@@ -88,7 +88,7 @@ def test_sharded_equals_single_process_under_mpirun(tmp_path: Path) -> None:
 
 
 def test_grid_that_does_not_fit_fails_at_set_up() -> None:
-    from da.distributed import make_grid
+    from tfda.da.distributed import make_grid
 
     with pytest.raises(ValueError, match="world_size = 6 is not a multiple of shard_size = 4"):
         make_grid(shard_size=4, rank=0, world_size=6)
@@ -99,8 +99,8 @@ def test_grid_that_does_not_fit_fails_at_set_up() -> None:
 
 
 def test_layout_agrees_with_the_rank_grid_shard_range() -> None:
-    from da.distributed import shard_range
-    from da.sharding import ShardLayout
+    from tfda.da.distributed import shard_range
+    from tfda.da.sharding import ShardLayout
 
     for size, parts in ((1045, 4), (10, 3), (7, 7), (65537, 2)):
         layout = ShardLayout(size, parts)

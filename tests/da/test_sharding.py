@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-
-from da.sampler import sample_sde, time_grid
-from da.schedule import Schedule
-from da.score import mixture_score, paired_score
-from da.sharding import (
+from tfda.da.sampler import sample_sde, time_grid
+from tfda.da.schedule import Schedule
+from tfda.da.score import mixture_score, paired_score
+from tfda.da.sharding import (
     BlockNoise,
     CountingComm,
     ShardLayout,

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-
-from da.filters import EnSF
-from da.schedule import Schedule
-from da.stability import curvature_bound, stable_time_grid
-from observations.operators import Arctan, Identity
+from tfda.da.filters import EnSF
+from tfda.da.schedule import Schedule
+from tfda.da.stability import curvature_bound, stable_time_grid
+from tfda.observations.operators import Arctan, Identity
 
 F64 = torch.float64
 

@@ -47,9 +47,9 @@ n_cycles = 4
 
 def tfda_command() -> list[str]:
     """The console script installed next to this interpreter (``pip install -e .``);
-    ``python -m experiments.cli`` (the same entry point) where there is none."""
+    ``python -m tfda.experiments.cli`` (the same entry point) where there is none."""
     script = Path(sys.executable).with_name("tfda")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "experiments.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "tfda.experiments.cli"]
 
 
 def run_tfda(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
@@ -60,7 +60,7 @@ def run_tfda(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedP
 
 def _nan_era5(era5: Path, at: datetime, channel: str) -> Path:
     """A copy of a prepared ERA5 file with one channel NaN at one time."""
-    from observations.era5 import load_prepared, write_netcdf
+    from tfda.observations.era5 import load_prepared, write_netcdf
 
     data, coords = load_prepared(era5)
     k = int(np.flatnonzero(np.asarray(coords["time"]) == np.datetime64(at, "ns"))[0])
@@ -230,7 +230,7 @@ def test_bad_input_is_one_line_and_exit_2(name, argv, needle, results, files):
 
 @pytest.mark.parametrize("name,argv,needle", IN_PROCESS, ids=[c[0] for c in IN_PROCESS])
 def test_bad_input_in_process(name, argv, needle, files, capsys, monkeypatch):
-    from experiments import cli
+    from tfda.experiments import cli
 
     monkeypatch.chdir(files["d"])
     out = files["d"] / "out" / name

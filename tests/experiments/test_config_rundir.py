@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
-
-from experiments import rundir
-from experiments._errors import UserError, command, one_line
-from experiments.config import build, check_call, load_toml, parse_device, parse_override
+from tfda.experiments import rundir
+from tfda.experiments._errors import UserError, command, one_line
+from tfda.experiments.config import build, check_call, load_toml, parse_device, parse_override
 
 
 @dataclass(frozen=True)

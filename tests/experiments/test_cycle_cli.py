@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-
-from experiments import cycle
+from tfda.experiments import cycle
 
 TINY = """
 [model]

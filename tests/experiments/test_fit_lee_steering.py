@@ -7,12 +7,11 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
-
-from experiments import fit_lee_steering as fls
-from experiments import hurricane_lee as lee
-from models.barotropic import BarotropicConfig
-from models.tracking import great_circle_km
-from observations.besttrack import lee2023
+from tfda.experiments import fit_lee_steering as fls
+from tfda.experiments import hurricane_lee as lee
+from tfda.models.barotropic import BarotropicConfig
+from tfda.models.tracking import great_circle_km
+from tfda.observations.besttrack import lee2023
 
 LIMIT_KM = 250.0
 
@@ -37,7 +36,7 @@ def test_analogue_truth_stays_within_250_km_of_lee_on_every_day_with_a_fix():
     assert cfg.vortex_day == -3
     model_cfg = BarotropicConfig(**cfg.analogue_model)
     # the study's own truth, Day 0 .. 8, against the packaged best track
-    from experiments.lee_io import _load_model
+    from tfda.experiments.lee_io import _load_model
 
     model = _load_model(cfg)
     _, (t_lat, t_lon), _, best = lee._analogue_truth(cfg, model, 4)

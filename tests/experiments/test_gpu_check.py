@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from experiments import gpu_check
+from tfda.experiments import gpu_check
 
 
 def test_without_cuda_it_skips_with_one_line_and_exit_0(monkeypatch, capsys):

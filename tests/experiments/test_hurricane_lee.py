@@ -9,9 +9,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 import torch
-
-from experiments import hurricane_lee as lee
-from models.tracking import great_circle_km
+from tfda.experiments import hurricane_lee as lee
+from tfda.models.tracking import great_circle_km
 
 TINY_ANALOGUE = {
     "members": 4, "forecast_days": 1, "obs_days": [-1, 0], "ensf_steps": 20,
@@ -38,7 +37,7 @@ def _toml(path, values: dict) -> str:
 
 def _check_run_dir(out, cfg_members: int, days: int) -> dict:
     assert (out / "COMPLETE").is_file()
-    for name in ("config.json", "metrics.json", "analyses.nc", "tracks.nc", "observations.nc",
+    for name in ("config.json", "metrics.json", "analyses.nc", "tracks.nc", "tfda.observations.nc",
                  "tracks.png", "tracks.pdf"):
         assert (out / name).is_file(), name
     assert not (out / "checkpoints").exists()
@@ -66,7 +65,7 @@ def test_analogue_pipeline_tiny(tmp_path):
         lat, lon = ds["ensf_lat"].values[:, 1], ds["ensf_lon"].values[:, 1]
         tl, to = float(ds["truth_lat"].values[1]), float(ds["truth_lon"].values[1])
         assert np.isfinite(tl)
-    from experiments.plot_tracks import ensemble_ellipse
+    from tfda.experiments.plot_tracks import ensemble_ellipse
 
     e = ensemble_ellipse(lat, lon)
     row = metrics["lead_days"][0]
@@ -79,7 +78,7 @@ def test_analogue_pipeline_tiny(tmp_path):
         float(great_circle_km(tl, to, 19.0, 360 - 56.0)), rel=1e-6)
     assert np.isfinite(metrics["truth_day0_vs_best_track_km"])
     # `tfda plot-tracks RUN` re-draws exactly the figure the run drew
-    from experiments import plot_tracks
+    from tfda.experiments import plot_tracks
 
     first = (out / "tracks.png").read_bytes()
     (out / "tracks.png").unlink()
@@ -88,8 +87,8 @@ def test_analogue_pipeline_tiny(tmp_path):
 
 
 def _tiny_era5(tmp_path, times, lat, lon, *, drop=()):
-    from models.fourcastnet import FOURCASTNET_VARIABLES
-    from observations.era5 import write_netcdf
+    from tfda.models.fourcastnet import FOURCASTNET_VARIABLES
+    from tfda.observations.era5 import write_netcdf
 
     rng = np.random.default_rng(0)
     n = len(FOURCASTNET_VARIABLES)
@@ -114,7 +113,7 @@ def _tiny_era5(tmp_path, times, lat, lon, *, drop=()):
 
 
 def _tiny_weights(tmp_path, afno):
-    from models.fourcastnet import AFNOConfig, AFNONet, save_checkpoint
+    from tfda.models.fourcastnet import AFNOConfig, AFNONet, save_checkpoint
 
     torch.manual_seed(0)
     net = AFNONet(AFNOConfig(**{**afno, "img_size": tuple(afno["img_size"])}))
@@ -144,7 +143,7 @@ def _era5_setup(tmp_path, *, drop=()):
 
 
 def test_real_mode_code_path_with_a_tiny_fourcastnet(tmp_path):
-    pytest.importorskip("models.fourcastnet")
+    pytest.importorskip("tfda.models.fourcastnet")
     era5, weights, cfg = _era5_setup(tmp_path)
     cfg["best_track"] = "auto"  # Lee's, shipped with the package
     out = tmp_path / "run"

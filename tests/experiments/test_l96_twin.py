@@ -2,7 +2,7 @@
 
 import json
 
-from experiments.l96_twin import main
+from tfda.experiments.l96_twin import main
 
 
 def test_letkf_smoke_writes_results(tmp_path):

@@ -4,9 +4,8 @@ import math
 
 import numpy as np
 import pytest
-
-from experiments.plot_tracks import TrackFigure, draw_track_figure, ensemble_ellipse
-from models.tracking import KM_PER_DEG, great_circle_km
+from tfda.experiments.plot_tracks import TrackFigure, draw_track_figure, ensemble_ellipse
+from tfda.models.tracking import KM_PER_DEG, great_circle_km
 
 
 def _gaussian_positions(rng, n, lat0, lon0, cov_km2):
@@ -98,7 +97,7 @@ def test_plot_writes_png_and_pdf(tmp_path):
 
 
 def test_land_polygons_come_from_the_installed_package():
-    from experiments.coastlines import land_polygons
+    from tfda.experiments.coastlines import land_polygons
 
     polys = land_polygons((-80.0, -60.0, 15.0, 50.0))
     assert polys and all(p.shape[1] == 2 for _, p in polys)

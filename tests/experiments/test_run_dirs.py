@@ -16,8 +16,7 @@ import pytest
 import xarray as xr
 from test_bad_inputs import _nan_era5, _umask, run_tfda, tfda_command
 from test_hurricane_lee import TINY_ANALOGUE, _era5_setup, _toml
-
-from experiments import hurricane_lee as lee
+from tfda.experiments import hurricane_lee as lee
 
 # two EnSF cycles (a checkpoint after each), slow enough to be killed in between
 # (the paired sampler's 150 steps, not the kernel EnSF's 10: the run must be killable)
@@ -119,8 +118,7 @@ def test_plot_tracks_cli_redraws_a_run(tmp_path):
 
 
 def test_era5_is_checked_before_any_network_is_built(tmp_path, monkeypatch, capsys):
-    import models
-
+    from tfda import models
     era5, weights, cfg = _era5_setup(tmp_path)
     bad = _nan_era5(era5, datetime(2023, 9, 8, 18), "u850")
 

@@ -5,8 +5,7 @@ import csv
 import json
 
 import pytest
-
-from experiments import parareal_speedup, scaling
+from tfda.experiments import parareal_speedup, scaling
 
 
 def test_parareal_speedup_reports_exact_rows_after_n_c_iterations(tmp_path, capsys):

@@ -7,8 +7,7 @@ from collections import deque
 
 import pytest
 import torch
-
-from models.barotropic import (
+from tfda.models.barotropic import (
     EARTH_RADIUS,
     VARIABLES,
     BarotropicConfig,
@@ -16,7 +15,7 @@ from models.barotropic import (
     holland_wind,
     vortex_state,
 )
-from models.base import ForecastModel, check_state, rollout
+from tfda.models.base import ForecastModel, check_state, rollout
 
 CALM = {"steering_u_south": 0.0, "steering_u_north": 0.0, "steering_v": 0.0}
 

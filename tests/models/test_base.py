@@ -7,9 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-
-import models
-from models.base import (
+from tfda.models.base import (
     ForecastModel,
     NormalisedModule,
     check_grid,
@@ -19,6 +17,8 @@ from models.base import (
     register,
     rollout,
 )
+
+from tfda import models
 
 
 class ShiftModel:
@@ -126,14 +126,14 @@ def test_registry_callable_string_and_errors():
 
 
 def test_registry_builds_the_shipped_models(tmp_path):
-    from models.barotropic import BarotropicConfig, BarotropicModel
+    from tfda.models.barotropic import BarotropicConfig, BarotropicModel
 
     cfg = BarotropicConfig(resolution=2.0)
     m = load("barotropic", config=cfg)
     assert isinstance(m, BarotropicModel) and m.config == cfg
     with pytest.raises(FileNotFoundError, match="backbone.ckpt"):
         load("fourcastnet", weights=tmp_path)
-    if importlib.util.find_spec("models.lorenz96") is None:
+    if importlib.util.find_spec("tfda.models.lorenz96") is None:
         pytest.skip("models/lorenz96.py not written yet")
     l96 = load("lorenz96", nx=40)
     assert isinstance(l96, ForecastModel)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from models.base import ForecastModel, rollout
-from models.fourcastnet import (
+from tfda.models.base import ForecastModel, rollout
+from tfda.models.fourcastnet import (
     FOURCASTNET_VARIABLES,
     AFNOConfig,
     AFNONet,
@@ -204,8 +203,8 @@ def test_normalisation_uses_first_20_of_21_channels(tmp_path):
 
 
 def test_persistence_core_through_the_fourcastnet_grid():
-    from models.base import NormalisedModule
-    from models.fourcastnet import fourcastnet_grid
+    from tfda.models.base import NormalisedModule
+    from tfda.models.fourcastnet import fourcastnet_grid
 
     class Identity(torch.nn.Module):
         def forward(self, x):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
-
-from models.lorenz96 import Lorenz96, tendency
+from tfda.models.lorenz96 import Lorenz96, tendency
 
 
 def test_fixed_point_and_tendency_formula():

@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from models.tracking import (
+from tfda.models.tracking import (
     KM_PER_DEG,
     TrackerConfig,
     along_cross_track_error,
@@ -158,10 +157,10 @@ def test_search_radius_prevents_jumping_to_a_neighbour():
     np.testing.assert_allclose(tr.lat[0], 15.0, atol=0.05)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("observations.besttrack") is None,
+@pytest.mark.skipif(importlib.util.find_spec("tfda.observations.besttrack") is None,
                     reason="observations.besttrack (issue 7) not written yet")
 def test_against_an_atcf_best_track(tmp_path):
-    from observations.besttrack import read_atcf
+    from tfda.observations.besttrack import read_atcf
 
     rows = [("2023090800", "165N", "520W"), ("2023090806", "170N", "531W"),
             ("2023090812", "176N", "543W"), ("2023090818", "183N", "555W")]

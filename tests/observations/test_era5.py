@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-
-from observations import era5
-from observations.era5 import (
+from tfda.observations import era5
+from tfda.observations.era5 import (
     FOURCASTNET_CHANNELS,
     Era5AccessError,
     build_requests,
@@ -281,7 +280,7 @@ def test_licence_and_credentials_errors_are_clear(tmp_path, monkeypatch):
 def test_cli_dry_run_lee_window(capsys):
     import json
 
-    from experiments import era5_cli
+    from tfda.experiments import era5_cli
 
     assert era5_cli.main(["download", "--lee", "--out", "unused", "--dry-run"]) == 0
     reqs = json.loads(capsys.readouterr().out)
@@ -293,7 +292,7 @@ def test_cli_dry_run_lee_window(capsys):
 
 
 def test_cli_prepare_and_errors(tmp_path, capsys, monkeypatch):
-    from experiments import era5_cli
+    from tfda.experiments import era5_cli
 
     write_layout(tmp_path / "s.nc", "single", new=True)
     write_layout(tmp_path / "p.nc", "pressure", new=False)
@@ -316,7 +315,7 @@ def test_cli_prepare_and_errors(tmp_path, capsys, monkeypatch):
 def test_cli_prepare_refuses_an_all_nan_channel(tmp_path, capsys):
     """A channel that is NaN everywhere at some time (a wrong level or variable in a
     download) is refused, naming the channel and the time; nothing is written."""
-    from experiments import era5_cli
+    from tfda.experiments import era5_cli
 
     write_layout(tmp_path / "s.nc", "single", new=True)
     write_layout(tmp_path / "p.nc", "pressure", new=False)

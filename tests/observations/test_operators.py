@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-
-from observations.errors import DiagonalError, log_likelihood
-from observations.operators import (
+from tfda.observations.errors import DiagonalError, log_likelihood
+from tfda.observations.operators import (
     Arctan,
     FromCallable,
     Identity,

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-
-from observations.era5 import FOURCASTNET_CHANNELS
-from observations.errors import DiagonalError, ObservationError, log_likelihood
-from observations.synthetic import (
+from tfda.observations.era5 import FOURCASTNET_CHANNELS
+from tfda.observations.errors import DiagonalError, ObservationError, log_likelihood
+from tfda.observations.synthetic import (
     DEFAULT_ERROR_STD,
     EARTH_RADIUS_KM,
     CorrelatedGridError,

@@ -7,10 +7,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
-from da.filters import EnSF, MaskedObservationWarning
-from da.parareal import ParallelConfig
-from observations.operators import Identity, Subset
+from tfda.da.filters import EnSF, MaskedObservationWarning
+from tfda.da.parareal import ParallelConfig
+from tfda.observations.operators import Identity, Subset
 
 
 def _moments_reference(m, p, y, r, *, steps, eps_a=0.05, t_end=1e-3):

@@ -11,9 +11,8 @@ s / (s + R) depends on the forecast variance s. Measured with the published sett
 import math
 
 import torch
-
-from da.filters import EnSF
-from observations.operators import Identity
+from tfda.da.filters import EnSF
+from tfda.observations.operators import Identity
 
 F64 = torch.float64
 PUBLISHED = {"score": "paired", "sampler": "ode", "eps_a": 0.5, "eps_b": 0.025, "steps": 200,

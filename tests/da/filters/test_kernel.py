@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
-
-from da.filters import LETKF, EnSF, grid_distance, periodic_distance
-from da.filters.kernel import kernel_analysis, posterior_mixture
-from da.filters.local import grid_sites
-from da.schedule import Schedule
-from observations.operators import Arctan, Identity
+from tfda.da.filters import LETKF, EnSF, grid_distance, periodic_distance
+from tfda.da.filters.kernel import kernel_analysis, posterior_mixture
+from tfda.da.filters.local import grid_sites
+from tfda.da.schedule import Schedule
+from tfda.observations.operators import Arctan, Identity
 
 F64 = torch.float64
 

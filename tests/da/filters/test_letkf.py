@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 from scipy.linalg import sqrtm
-
-from da.filters import (
+from tfda.da.filters import (
     LETKF,
     MaskedObservationWarning,
     gaspari_cohn,
     great_circle_distance,
     periodic_distance,
 )
-from observations.operators import Identity, Subset
+from tfda.observations.operators import Identity, Subset
 
 
 def _problem(m=6, n=10, seed=0):
