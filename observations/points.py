@@ -41,6 +41,8 @@ _TOL = 1e-9  # degrees: points on a grid edge up to round-off count as inside
 
 def _vector(name: str, values: Any) -> np.ndarray:
     """A finite 1-D float64 array from ``values``; ValueError naming ``name``."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
     try:
         arr = np.array(values, dtype=np.float64).reshape(-1)  # a writable copy
     except (TypeError, ValueError):
@@ -190,6 +192,8 @@ class PointObservations:
                     variables: Sequence[str], dtype: torch.dtype = torch.float64
                     ) -> tuple[PointObservations, torch.Tensor]:
         """The operator and y (n_obs,) from per-point arrays (NaN y = not observed)."""
+        if isinstance(observation, torch.Tensor):
+            observation = observation.detach().cpu().numpy()
         try:
             y = torch.as_tensor(np.array(observation, dtype=np.float64).reshape(-1))
         except (TypeError, ValueError):

@@ -9,6 +9,7 @@ from da.cycle import run_cycle
 from da.filters import LETKF, EnSF, grid_distance
 from models.lorenz96 import Lorenz96
 from observations import PointObservations
+from observations.operators import ObservationOperator
 
 F64 = torch.float64
 
@@ -26,6 +27,7 @@ def test_one_cell_by_hand():
     op = PointObservations([2.5, 0.0, 10.0], [7.5, 0.0, 5.0], "a", 0.1,
                            grid_lat=[0.0, 10.0], grid_lon=[0.0, 10.0], variables=["a"])
     torch.testing.assert_close(op(x), torch.tensor([[2.25, 1.0, 3.5]], dtype=F64))
+    assert isinstance(op, ObservationOperator)
     assert op.locations.dtype == F64 and tuple(op.locations.shape) == (3, 2)
     torch.testing.assert_close(op.locations[0], torch.tensor([2.5, 7.5], dtype=F64))
 
@@ -120,7 +122,14 @@ def test_bad_inputs_are_named():
         PointObservations([5.0], [285.0], "u", 1.0, grid_lat=[0.0, 10.0, 5.0],
                           grid_lon=[280.0, 290.0], variables=["u"])
     frame = pd.DataFrame({"lat": [5.0], "lon": [285.0], "variable": ["u"], "error": [1.0]})
-    with pytest.raises(ValueError, match="observation"):
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['observation'\]"):
+        PointObservations.from_dataframe(frame, **kw)
+    frame["observation"] = [2.0]
+    frame["variable"] = ["msl"]
+    with pytest.raises(ValueError, match="variable 'msl' is not among"):
+        PointObservations.from_dataframe(frame, **kw)
+    frame["variable"], frame["lat"] = ["u"], [np.nan]
+    with pytest.raises(ValueError, match=r"lat\[0\] is not finite"):
         PointObservations.from_dataframe(frame, **kw)
     frame["observation"] = ["high"]
     with pytest.raises(ValueError, match="column 'observation' must be numbers"):
