@@ -83,6 +83,20 @@ def test_autograd_matches_finite_differences():
     assert torch.autograd.gradcheck(op, (x,))
 
 
+def test_float32_states_and_per_point_errors():
+    op = PointObservations([2.5, 5.0], [7.5, 0.0], ["a", "b"], torch.tensor([0.5, 2.0]),
+                           grid_lat=[0.0, 10.0], grid_lon=[0.0, 10.0], variables=["a", "b"])
+    x = torch.arange(16, dtype=torch.float32).reshape(2, 2, 2, 2)
+    out = op(x)
+    assert out.dtype == torch.float32
+    # member 1: variable a = [[8, 9], [10, 11]] at (2.5, 7.5), b = [[12, 13], [14, 15]] at (5, 0)
+    torch.testing.assert_close(out[1], torch.tensor([9.25, 13.0]))
+    torch.testing.assert_close(op(x.double())[1], torch.tensor([9.25, 13.0], dtype=F64))
+    with pytest.raises(ValueError, match="error has 3 values for 2 points"):
+        PointObservations([2.5, 5.0], [7.5, 0.0], "a", torch.ones(3), grid_lat=[0.0, 10.0],
+                          grid_lon=[0.0, 10.0], variables=["a"])
+
+
 def test_dataframe_round_trip():
     grid_lat, grid_lon = [10.0, 0.0, -10.0], np.arange(0.0, 360.0, 20.0)
     frame = pd.DataFrame({
