@@ -1,5 +1,5 @@
 """Observations: error models, operators (gridded and point), ERA5 and best-track inputs."""
 
-from observations.points import PointObservations
+from tfda.observations.points import PointObservations
 
 __all__ = ["PointObservations"]

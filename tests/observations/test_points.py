@@ -4,12 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from da.cycle import run_cycle
-from da.filters import LETKF, EnSF, grid_distance
-from models.lorenz96 import Lorenz96
-from observations import PointObservations
-from observations.operators import ObservationOperator
+from tfda.da.cycle import run_cycle
+from tfda.da.filters import LETKF, EnSF, grid_distance
+from tfda.models.lorenz96 import Lorenz96
+from tfda.observations import PointObservations
+from tfda.observations.operators import ObservationOperator
 
 F64 = torch.float64
 
