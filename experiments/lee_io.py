@@ -190,7 +190,7 @@ def _write_dataset(ds, path: Path) -> None:
         ds.to_netcdf(tmp, engine="netcdf4")
 
 
-OUTPUTS = ("config.json", "tfda.observations.nc", "analyses.nc", "tracks.nc", "metrics.json",
+OUTPUTS = ("config.json", "observations.nc", "analyses.nc", "tracks.nc", "metrics.json",
            "tracks.png", "tracks.pdf")
 
 
@@ -254,7 +254,7 @@ def _tracks_dataset(cfg: LeeConfig, tracks, inputs: LeeInputs, spd: int):
 
 def write_outputs(out: Path, cfg: LeeConfig, obs: Observations, baseline, ensf, tracks,
                   inputs: LeeInputs, spd: int, metrics: dict[str, Any]) -> None:
-    obs.synthetic.to_netcdf(out / "tfda.observations.nc")
+    obs.synthetic.to_netcdf(out / "observations.nc")
     _write_dataset(_analyses_dataset(cfg, inputs.model, obs, baseline, ensf),
                    out / "analyses.nc")
     _write_dataset(_tracks_dataset(cfg, tracks, inputs, spd), out / "tracks.nc")

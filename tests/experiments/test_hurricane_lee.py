@@ -37,7 +37,7 @@ def _toml(path, values: dict) -> str:
 
 def _check_run_dir(out, cfg_members: int, days: int) -> dict:
     assert (out / "COMPLETE").is_file()
-    for name in ("config.json", "metrics.json", "analyses.nc", "tracks.nc", "tfda.observations.nc",
+    for name in ("config.json", "metrics.json", "analyses.nc", "tracks.nc", "observations.nc",
                  "tracks.png", "tracks.pdf"):
         assert (out / name).is_file(), name
     assert not (out / "checkpoints").exists()
