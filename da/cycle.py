@@ -8,8 +8,8 @@ cycle k = 1..n_cycles:
 2. observe: ``y = observations(k, truth)`` if an ``observations`` callable is given
    (real or pre-made synthetic data; NaN = not observed), else, for a twin
    experiment, ``y = H(truth) + eps`` with eps drawn from ``operator.error.sample``;
-3. analyse: ``ensemble <- analysis(ensemble, y, operator)``; an analysis that takes
-   a ``generator`` keyword (EnSF, LETKF) gets the cycle's generator;
+3. analyse: ``ensemble <- analysis(ensemble, y, operator, generator=...)`` (the
+   :class:`tfda.da.protocols.Analysis` contract; the cycle's generator is passed);
 4. metrics: rmse_f / rmse_a (ensemble mean against the truth, where there is a
    truth), spread_f / spread_a (sqrt of the mean ensemble variance), obs_rmse_f /
    obs_rmse_a (mean of H(members) against the finite y), crps_f / crps_a and the
@@ -31,44 +31,24 @@ experiments/checkpoint.py for the atomic file implementation).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
+
 from tfda.da._checks import check_ensemble
 from tfda.da.metrics import crps, rank_counts
-from tqdm.auto import tqdm
+from tfda.da.protocols import Analysis, Checkpointer, Dynamics, ObservationOperator
 
 METRICS = ("rmse_f", "rmse_a", "spread_f", "spread_a", "obs_rmse_f", "obs_rmse_a",
            "crps_f", "crps_a")
 
 
-class Checkpointer(Protocol):
-    """Where a cycle keeps its state between cycles (atomically)."""
-
-    def save(self, state: dict[str, Any]) -> None: ...
-
-    def load(self) -> dict[str, Any] | None: ...
-
-
-class Model(Protocol):
-    def step(self, x: torch.Tensor) -> torch.Tensor: ...
-
-
-Analysis = Callable[..., torch.Tensor]
 Observations = Callable[[int, "torch.Tensor | None"], torch.Tensor]
 Callback = Callable[[int, torch.Tensor, dict[str, float]], None]
-
-
-def _accepts_generator(fn: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _restore_generator(generator: torch.Generator, state: dict[str, Any]) -> None:
@@ -93,7 +73,8 @@ def _spread(x: torch.Tensor) -> float:
     return float(x.reshape(x.shape[0], -1).var(0).mean().sqrt())
 
 
-def _metrics(x: torch.Tensor, truth: torch.Tensor | None, y: torch.Tensor, operator: Any,
+def _metrics(x: torch.Tensor, truth: torch.Tensor | None, y: torch.Tensor,
+             operator: ObservationOperator,
              tag: str) -> dict[str, float]:
     with torch.no_grad():
         hx_mean = operator(x).mean(0)
@@ -106,9 +87,9 @@ def _metrics(x: torch.Tensor, truth: torch.Tensor | None, y: torch.Tensor, opera
 
 
 def run_cycle(
-    model: Model,
+    model: Dynamics,
     analysis: Analysis,
-    operator: Any,
+    operator: ObservationOperator,
     ensemble: torch.Tensor,
     *,
     n_cycles: int,
@@ -124,7 +105,7 @@ def run_cycle(
 
     Args:
         model: any object with ``step(x) -> x`` on (member, *state_shape).
-        analysis: ``analysis(prior, y, operator[, generator=...]) -> posterior``.
+        analysis: ``analysis(prior, y, operator, *, generator) -> posterior``.
         operator: observation operator with ``error`` (observations.operators).
         ensemble: initial ensemble (member, *state_shape), M >= 2.
         n_cycles: number of forecast/analysis cycles (>= 1).
@@ -163,7 +144,6 @@ def run_cycle(
         torch.set_rng_state(state["torch_rng"])
         history = {k: list(v) for k, v in state["history"].items()}
         start = state["cycle"] + 1
-    pass_generator = _accepts_generator(analysis)
 
     for k in tqdm(range(start, n_cycles + 1), disable=not progress, desc="cycle",
                   initial=start - 1, total=n_cycles):
@@ -189,8 +169,7 @@ def run_cycle(
             raise ValueError(f"cycle {k}: y has shape {tuple(y.shape)} but H(x) gives "
                              f"{obs_shape} per member")
         metrics = _metrics(x, truth, y, operator, "f")
-        kwargs = {"generator": generator} if pass_generator else {}
-        xa = analysis(x, y, operator, **kwargs)
+        xa = analysis(x, y, operator, generator=generator)
         if tuple(xa.shape) != tuple(x.shape) or not bool(torch.isfinite(xa).all()):
             raise FloatingPointError(f"cycle {k}: the analysis returned shape "
                                      f"{tuple(xa.shape)} or non-finite values")

@@ -26,6 +26,7 @@ Shapes: z (B, N, K) points, means (B, M, K), var (B, K) or a float, log_weights
 from __future__ import annotations
 
 import torch
+
 from tfda.da.schedule import Schedule
 
 

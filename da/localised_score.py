@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from tfda.da.filters.local import gaspari_cohn
 from tfda.da.schedule import Schedule
 

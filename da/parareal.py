@@ -44,10 +44,11 @@ from typing import Literal, Protocol
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
+
 from tfda.da._checks import check_finite, check_time_grid
 from tfda.da.sampler import OdeMethod, ScoreFn, StepCallback, ode_step
 from tfda.da.schedule import Schedule
-from tqdm.auto import tqdm
 
 Mode = Literal["serial", "batched", "distributed"]
 MODES = ("serial", "batched", "distributed")

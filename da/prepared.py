@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
+
 from tfda.da._checks import check_finite
 
 # 65536 features a chunk: a few MB per member in float32, and measured faster than one

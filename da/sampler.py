@@ -20,10 +20,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
+from tqdm.auto import tqdm
+
 from tfda.da._checks import check_finite, check_time_grid
 from tfda.da.devices import randn_like
 from tfda.da.schedule import Schedule
-from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from tfda.da.parareal import ParallelConfig

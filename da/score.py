@@ -37,6 +37,7 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
+
 from tfda.da._checks import check_finite, check_times
 from tfda.da.devices import randperm
 from tfda.da.prepared import (

@@ -32,6 +32,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+
 from tfda.da.schedule import Schedule
 from tfda.da.score import DEFAULT_SCHEDULE, AllReduceSum, mixture_score, paired_score
 

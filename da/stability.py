@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from tfda.da.schedule import Schedule
 
 MAX_STEPS = 100_000

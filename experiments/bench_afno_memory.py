@@ -22,6 +22,7 @@ import re
 import time
 
 import torch
+
 from tfda.models.fourcastnet import AFNOConfig, AFNONet
 
 

@@ -19,6 +19,7 @@ import math
 import time
 
 import torch
+
 from tfda.experiments._errors import ArgumentParser, command, description
 from tfda.models.barotropic import BarotropicConfig, BarotropicModel, vortex_state
 from tfda.models.base import rollout

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score, paired_score, prepare_prior
 from tfda.experiments._errors import ArgumentParser, command, description

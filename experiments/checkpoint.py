@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from tfda.experiments.rundir import atomic_path
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
 from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command
 from tfda.experiments.config import build, check_call, load_toml, to_plain
@@ -220,10 +221,9 @@ def hashed(cfg: CycleConfig) -> dict[str, Any]:
 
 def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
     """Run the cycle described by ``cfg`` (see the module docstring) into ``out``."""
+    from tfda import models
     from tfda.da.cycle import run_cycle
     from tfda.experiments.checkpoint import FileCheckpointer
-
-    from tfda import models
 
     fp = fingerprint(hashed(cfg))
     rundir.check_out_dir(out)

@@ -21,6 +21,7 @@ import argparse
 import math
 
 import torch
+
 from tfda.da.filters import EnSF
 from tfda.observations.operators import Identity
 

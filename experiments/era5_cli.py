@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import torch
+
 from tfda.experiments._errors import ArgumentParser, UserError, command
 from tfda.experiments.rundir import check_out_dir
 from tfda.observations import era5

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from tfda.models.barotropic import EARTH_RADIUS, BarotropicConfig, BarotropicModel, vortex_state
 from tfda.models.tracking import StormTracker, TrackerConfig, great_circle_km
 

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from tfda.experiments import cycle as cycle_io
 from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command

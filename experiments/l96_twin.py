@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from tfda.da.cycle import run_cycle
 from tfda.da.filters import LETKF, EnSF, periodic_distance
 from tfda.da.localised_score import ring_taper

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
 from tfda.experiments import rundir
 from tfda.experiments._errors import UserError
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
 from tfda.da import distributed
 from tfda.da.parareal import parareal
 from tfda.da.sampler import sample_ode, time_grid

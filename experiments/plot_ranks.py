@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 from tfda.experiments._errors import ArgumentParser, UserError, command  # noqa: E402
 from tfda.experiments.rundir import atomic_path  # noqa: E402
 

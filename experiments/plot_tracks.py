@@ -32,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 from tfda.experiments._errors import ArgumentParser, UserError, command  # noqa: E402
 from tfda.experiments.rundir import atomic_path  # noqa: E402
 from tfda.experiments.track_metrics import Ellipse, ensemble_ellipse, lead_day_metrics  # noqa: E402

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
 from tfda.da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
 from tfda.da.schedule import Schedule  # noqa: E402
 from tfda.da.score import mixture_score  # noqa: E402

@@ -41,13 +41,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
+
 from tfda.da.sampler import sample_ode, time_grid
 from tfda.da.schedule import Schedule
 from tfda.da.score import DEFAULT_CHUNK
 from tfda.da.sharding import BlockNoise, CountingComm, ShardLayout, algorithm2_bytes, sharded_score
 from tfda.experiments._errors import ArgumentParser, command, description
 from tfda.experiments.rundir import atomic_path
-from tqdm.auto import tqdm
 
 SCHEDULE = Schedule(eps_a=1e-3, eps_b=1e-3)
 FIELDS = ("kind", "ranks", "d", "d_per_rank", "n", "m", "steps", "dtype", "time_s",

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from tfda.models.base import check_state
 
 __all__ = ["BarotropicConfig", "BarotropicModel", "holland_wind", "vortex_state", "VARIABLES"]

@@ -23,10 +23,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from tfda.da.protocols import Dynamics
+
 
 @runtime_checkable
-class ForecastModel(Protocol):
-    """What a forecast model provides (docs/design.md section 3)."""
+class ForecastModel(Dynamics, Protocol):
+    """What a forecast model provides (docs/design.md section 3): the cycle's
+    :class:`tfda.da.protocols.Dynamics` (``step``) plus its coordinates."""
 
     variables: tuple[str, ...]
     lat: torch.Tensor

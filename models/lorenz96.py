@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 
 import torch
+
 from tfda.da.devices import randn
 
 #: Lorenz (1996): one model time unit corresponds to about five days.

@@ -9,37 +9,12 @@ draws noise for synthetic observations and baseline perturbations.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 import torch
+
 from tfda.da.devices import randn
+from tfda.da.protocols import ObservationError
 
-
-@runtime_checkable
-class ObservationError(Protocol):
-    """Gaussian observation error N(0, R) on observations shaped ``obs_shape``."""
-
-    @property
-    def std(self) -> torch.Tensor:
-        """Marginal standard deviation, broadcastable to ``obs_shape``."""
-        ...
-
-    def precision_matvec(self, residual: torch.Tensor) -> torch.Tensor:
-        """R^{-1} r for r shaped (batch, *obs_shape); differentiable."""
-        ...
-
-    def sample(
-        self,
-        shape: tuple[int, ...],
-        *,
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> torch.Tensor:
-        """Draw noise of ``shape`` = (batch, *obs_shape) with ``generator`` on the
-        generator's own device, returned on ``device`` (default: where it was drawn);
-        see :mod:`da.devices` for the policy."""
-        ...
+__all__ = ["DiagonalError", "ObservationError", "log_likelihood"]
 
 
 def log_likelihood(error: ObservationError, residual: torch.Tensor) -> torch.Tensor:

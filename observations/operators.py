@@ -19,28 +19,16 @@ components) and :class:`FromCallable` (any user function).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
-from tfda.observations.errors import DiagonalError, ObservationError
+
+from tfda.da.protocols import ObservationError, ObservationOperator
+from tfda.observations.errors import DiagonalError
+
+__all__ = ["Arctan", "FromCallable", "Identity", "ObservationOperator", "Subset", "as_error"]
 
 ErrorLike = ObservationError | float | torch.Tensor
-
-
-@runtime_checkable
-class ObservationOperator(Protocol):
-    """A differentiable map from states to observations with its error model.
-
-    ``locations`` (optional attribute, None when absent) gives the observation
-    positions used by a localised filter: for a 1-D ring, a float index per
-    observation; for lat/lon grids, an (n_obs, 2) tensor of (lat, lon) degrees.
-    """
-
-    error: ObservationError
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """H(x) for x (member, *state_shape) -> (member, *obs_shape)."""
-        ...
 
 
 def as_error(error: ErrorLike, *, name: str = "error") -> ObservationError:

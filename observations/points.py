@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from tfda.observations.operators import ErrorLike, as_error
 
 __all__ = ["PointObservations", "COLUMNS"]

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from tfda.da.devices import rand, randn
 from tfda.observations.errors import DiagonalError, ObservationError
 

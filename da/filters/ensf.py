@@ -28,32 +28,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
+
 from tfda.da import sampler as _sampler
 from tfda.da._checks import check_ensemble, observation_mask
 from tfda.da.devices import randn
 from tfda.da.filters.kernel import kernel_analysis
 from tfda.da.localised_score import localised_mixture_score
+from tfda.da.protocols import ObservationOperator
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score, paired_score, prepare_prior
 from tfda.da.stability import curvature_bound, pad_to_multiple, stable_time_grid
 
 Damping = Callable[[Any], Any]
-
-
-class _Error(Protocol):
-    @property
-    def std(self) -> torch.Tensor: ...
-
-    def precision_matvec(self, residual: torch.Tensor) -> torch.Tensor: ...
-
-
-class _Operator(Protocol):
-    error: _Error
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def linear_damping(t: Any) -> Any:
@@ -179,7 +168,7 @@ class EnSF:
             out[name] = value
         return out
 
-    def __call__(self, prior: torch.Tensor, y: torch.Tensor, obs_operator: _Operator, *,
+    def __call__(self, prior: torch.Tensor, y: torch.Tensor, obs_operator: ObservationOperator, *,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         return self.analysis(prior, y, obs_operator, generator=generator)
 
@@ -187,7 +176,7 @@ class EnSF:
         self,
         prior_ensemble: torch.Tensor,
         y: torch.Tensor,
-        obs_operator: _Operator,
+        obs_operator: ObservationOperator,
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:

@@ -44,9 +44,11 @@ import math
 from typing import Any
 
 import torch
+
 from tfda.da._checks import check_ensemble, observation_mask
 from tfda.da.filters.local import Sites, local_statistics, observation_moments, site_moments
 from tfda.da.gaussian_mixture import mixture_flow
+from tfda.da.protocols import ObservationOperator
 from tfda.da.schedule import Schedule
 
 
@@ -88,7 +90,7 @@ def posterior_mixture(
 def kernel_analysis(
     prior: torch.Tensor,
     y: torch.Tensor,
-    obs_operator: Any,
+    obs_operator: ObservationOperator,
     *,
     bandwidth: float,
     steps: int,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from tfda.da._checks import check_ensemble, observation_mask
 from tfda.da.filters.local import (
     gaspari_cohn,
@@ -41,6 +42,7 @@ from tfda.da.filters.local import (
     observation_moments,
     periodic_distance,
 )
+from tfda.da.protocols import ObservationOperator
 
 __all__ = ["LETKF", "gaspari_cohn", "great_circle_distance", "grid_distance",
            "periodic_distance"]
@@ -80,13 +82,13 @@ class LETKF:
         return {"radius": self.radius, "inflation": self.inflation, "rtps": self.rtps,
                 "localisation": "Gaspari-Cohn, c = radius * sqrt(10/3)"}
 
-    def __call__(self, prior: torch.Tensor, y: torch.Tensor, obs_operator: Any, *,
+    def __call__(self, prior: torch.Tensor, y: torch.Tensor, obs_operator: ObservationOperator, *,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         del generator  # deterministic
         return self.analysis(prior, y, obs_operator)
 
     def analysis(self, prior_ensemble: torch.Tensor, y: torch.Tensor,
-                 obs_operator: Any) -> torch.Tensor:
+                 obs_operator: ObservationOperator) -> torch.Tensor:
         """Analysis ensemble (M, *state_shape); NaN in y are left out (with a warning)."""
         check_ensemble("prior_ensemble", prior_ensemble)
         m, state_shape = prior_ensemble.shape[0], tuple(prior_ensemble.shape[1:])

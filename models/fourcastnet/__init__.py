@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from tfda.models.base import NormalisedModule
 from tfda.models.fourcastnet.afno import AFNOConfig, AFNONet
 from tfda.models.fourcastnet.checkpoint import (

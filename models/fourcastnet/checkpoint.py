@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from tfda.models.fourcastnet.afno import AFNOConfig, AFNONet
 
 __all__ = ["load_normalisation", "load_state_dict", "load_weights", "save_checkpoint"]

@@ -33,6 +33,7 @@ def run_mpirun(case: str, out: Path, n: int = 4, timeout: float = 240.0) -> None
 def start_spawn(case: str, out: Path, n: int = 4) -> list:
     """Start n spawned processes with torchrun's variables; returns the Process objects."""
     from _mp_parareal_worker import spawn_entry
+
     from tfda.da.distributed import _free_port
 
     ctx = mp.get_context("spawn")

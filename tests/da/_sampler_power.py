@@ -27,6 +27,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[2])]
 import test_sampler as ts  # noqa: E402
+
 from tfda.da.schedule import Schedule  # noqa: E402
 
 CASES = [(ts.test_gaussian_target_mean_and_covariance, {"d": d, "m": m, "n_gen": n})

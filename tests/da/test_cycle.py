@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+
 from tfda.da.cycle import METRICS, run_cycle
 from tfda.da.filters import LETKF, EnSF, periodic_distance
 from tfda.experiments.checkpoint import FileCheckpointer

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from tfda.da import devices
 from tfda.da.cycle import _restore_generator
 from tfda.da.score import mixture_score

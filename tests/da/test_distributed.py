@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+
 from tfda.da import distributed
 
 sys.path.insert(0, str(Path(__file__).parent))

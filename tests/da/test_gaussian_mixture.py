@@ -6,6 +6,7 @@ push-forward of the mixture at t = 1 (which must be N(0, I) when alpha_1 = 0).""
 import math
 
 import torch
+
 from tfda.da.gaussian_mixture import gaussian_mixture_score, mixture_flow, mixture_log_density
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score

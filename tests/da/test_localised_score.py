@@ -3,6 +3,7 @@
 import math
 
 import torch
+
 from tfda.da.filters.local import gaspari_cohn
 from tfda.da.localised_score import localised_mixture_score, ring_taper
 from tfda.da.schedule import Schedule

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tfda.da.parareal import ParallelConfig, PararealInfo, parareal
 from tfda.da.sampler import ode_step, sample_ode, time_grid
 from tfda.da.schedule import Schedule

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from tfda.da.sampler import ode_step, sample_ode, sample_sde, time_grid
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score, paired_score
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from tfda.da.sampler import sample_sde, time_grid
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score, paired_score

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from tfda.da.filters import EnSF
 from tfda.da.schedule import Schedule
 from tfda.da.stability import curvature_bound, stable_time_grid

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
+
 from tfda.experiments import rundir
 from tfda.experiments._errors import UserError, command, one_line
 from tfda.experiments.config import build, check_call, load_toml, parse_device, parse_override

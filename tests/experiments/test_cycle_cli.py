@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+
 from tfda.experiments import cycle
 
 TINY = """

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
+
 from tfda.experiments import fit_lee_steering as fls
 from tfda.experiments import hurricane_lee as lee
 from tfda.models.barotropic import BarotropicConfig

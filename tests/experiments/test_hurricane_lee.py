@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 import torch
+
 from tfda.experiments import hurricane_lee as lee
 from tfda.models.tracking import great_circle_km
 

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from tfda.experiments.plot_tracks import TrackFigure, draw_track_figure, ensemble_ellipse
 from tfda.models.tracking import KM_PER_DEG, great_circle_km
 

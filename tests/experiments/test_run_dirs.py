@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 from test_bad_inputs import _nan_era5, _umask, run_tfda, tfda_command
 from test_hurricane_lee import TINY_ANALOGUE, _era5_setup, _toml
+
 from tfda.experiments import hurricane_lee as lee
 
 # two EnSF cycles (a checkpoint after each), slow enough to be killed in between

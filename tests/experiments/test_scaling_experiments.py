@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+
 from tfda.experiments import parareal_speedup, scaling
 
 

@@ -7,6 +7,7 @@ from collections import deque
 
 import pytest
 import torch
+
 from tfda.models.barotropic import (
     EARTH_RADIUS,
     VARIABLES,

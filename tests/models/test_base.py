@@ -7,6 +7,8 @@ import importlib.util
 
 import pytest
 import torch
+
+from tfda import models
 from tfda.models.base import (
     ForecastModel,
     NormalisedModule,
@@ -17,8 +19,6 @@ from tfda.models.base import (
     register,
     rollout,
 )
-
-from tfda import models
 
 
 class ShiftModel:

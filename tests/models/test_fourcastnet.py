@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from tfda.models.base import ForecastModel, rollout
 from tfda.models.fourcastnet import (
     FOURCASTNET_VARIABLES,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
+
 from tfda.models.lorenz96 import Lorenz96, tendency
 
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from tfda.models.tracking import (
     KM_PER_DEG,
     TrackerConfig,

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
+
 from tfda.observations.besttrack import LEE2023_DIR, lee2023, merge, read_atcf, read_hurdat2
 
 LEE_BDECK = LEE2023_DIR / "bal132023.dat"

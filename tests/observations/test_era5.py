@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+
 from tfda.observations import era5
 from tfda.observations.era5 import (
     FOURCASTNET_CHANNELS,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from tfda.observations.errors import DiagonalError, log_likelihood
 from tfda.observations.operators import (
     Arctan,

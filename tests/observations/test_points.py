@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from tfda.da.cycle import run_cycle
 from tfda.da.filters import LETKF, EnSF, grid_distance
 from tfda.models.lorenz96 import Lorenz96
@@ -169,7 +170,7 @@ class _Rings:
         return self.l96.step(x.reshape(-1, NX)).reshape(x.shape)
 
 
-def _no_assimilation(prior, y, operator):
+def _no_assimilation(prior, y, operator, *, generator=None):
     return prior
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+
 from tfda.observations.era5 import FOURCASTNET_CHANNELS
 from tfda.observations.errors import DiagonalError, ObservationError, log_likelihood
 from tfda.observations.synthetic import (

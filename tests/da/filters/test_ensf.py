@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from tfda.da.filters import EnSF, MaskedObservationWarning
 from tfda.da.parareal import ParallelConfig
 from tfda.observations.operators import Identity, Subset

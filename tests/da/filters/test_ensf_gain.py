@@ -11,6 +11,7 @@ s / (s + R) depends on the forecast variance s. Measured with the published sett
 import math
 
 import torch
+
 from tfda.da.filters import EnSF
 from tfda.observations.operators import Identity
 

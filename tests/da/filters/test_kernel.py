@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from tfda.da.filters import LETKF, EnSF, grid_distance, periodic_distance
 from tfda.da.filters.kernel import kernel_analysis, posterior_mixture
 from tfda.da.filters.local import grid_sites

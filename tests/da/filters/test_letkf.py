@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.linalg import sqrtm
+
 from tfda.da.filters import (
     LETKF,
     MaskedObservationWarning,
