@@ -117,7 +117,7 @@ class PararealInfo:
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """Options of :func:`parareal`, as passed to ``sample_ode(..., parareal=...)``.
+    """Options of :func:`parareal`, as passed to :func:`run_config` (and ``EnSF(parareal=)``).
 
     ``on_info`` receives the :class:`PararealInfo` of the run (sample_ode returns
     only the tensor).
@@ -435,4 +435,8 @@ def run_config(
     )
     if config.on_info is not None:
         config.on_info(info)
+    if not bool(torch.isfinite(out).all()):
+        raise FloatingPointError(
+            f"parareal produced non-finite values by t = {float(timesteps[-1])}; "
+            "the score or the grid's smallest time is the usual cause")
     return out

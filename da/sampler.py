@@ -17,7 +17,7 @@ tensor with one time per row, which :func:`ode_velocity` and the estimators of
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -25,9 +25,6 @@ from tqdm.auto import tqdm
 from tfda.da._checks import check_finite, check_time_grid
 from tfda.da.devices import randn_like
 from tfda.da.schedule import Schedule
-
-if TYPE_CHECKING:
-    from tfda.da.parareal import ParallelConfig
 
 ScoreFn = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
@@ -176,28 +173,17 @@ def sample_ode(
     method: OdeMethod = "euler",
     callback: StepCallback | None = None,
     progress: bool = True,
-    parareal: ParallelConfig | None = None,
 ) -> torch.Tensor:
     """The probability-flow ODE, Rafid et al. Eq. (9), with Euler or Heun steps.
 
     Args are those of :func:`sample_sde`; ``method`` picks the step. The map from
-    ``z`` to the result is deterministic, which is what Parareal needs.
-
-    ``parareal``: a :class:`da.parareal.ParallelConfig` solves the same ODE with
-    Parareal (Algorithm 1); ``method`` is then the fine propagator's step, the
-    callback is called once per slice end after convergence, and the run's
-    :class:`da.parareal.PararealInfo` goes to ``parareal.on_info``. None: serial steps.
+    ``z`` to the result is deterministic, which is what Parareal needs: the same ODE
+    parallel in time is :func:`tfda.da.parareal.run_config` (Algorithm 1), a sampler
+    of its own over the same steps (:func:`ode_step`).
     """
     check_time_grid("timesteps", timesteps)
     check_finite("z", z)
     _check_start(schedule, float(timesteps[0]))
-    if parareal is not None:
-        from tfda.da.parareal import run_config  # parareal imports this module
-
-        return _finish("sample_ode", run_config(
-            parareal, score, z, timesteps, schedule,
-            fine_method=method, callback=callback, progress=progress,
-        ), timesteps)
     times = timesteps.tolist()
     if method != "euler":
         for k in tqdm(range(len(times) - 1), disable=not progress, desc="ODE", leave=False):

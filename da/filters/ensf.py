@@ -37,6 +37,7 @@ from tfda.da._checks import check_ensemble, observation_mask
 from tfda.da.devices import randn
 from tfda.da.filters.kernel import kernel_analysis
 from tfda.da.localised_score import localised_mixture_score
+from tfda.da.parareal import run_config
 from tfda.da.protocols import ObservationOperator
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score, paired_score, prepare_prior
@@ -269,7 +270,10 @@ class EnSF:
         if self.sampler == "sde":
             z = _sampler.sample_sde(score, z, timesteps, schedule, generator=generator,
                                     progress=self.progress)
+        elif self.parareal is not None:
+            z = run_config(self.parareal, score, z, timesteps, schedule,
+                           fine_method=self.ode_method, progress=self.progress)
         else:
             z = _sampler.sample_ode(score, z, timesteps, schedule, method=self.ode_method,
-                                    progress=self.progress, parareal=self.parareal)
+                                    progress=self.progress)
         return (z.detach() * sd + mu).reshape(m, *state_shape)

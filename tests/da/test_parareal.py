@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tfda.da.parareal import ParallelConfig, PararealInfo, parareal
+from tfda.da.parareal import ParallelConfig, PararealInfo, parareal, run_config
 from tfda.da.sampler import ode_step, sample_ode, time_grid
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score
@@ -171,7 +171,7 @@ def test_sample_ode_switch(mixture) -> None:
     score, z, ts = mixture
     infos: list[PararealInfo] = []
     cfg = ParallelConfig(n_slices=4, tol=1e-300, mode="batched", on_info=infos.append)
-    out = sample_ode(score, z, ts, SCHEDULE, method="heun", parareal=cfg, progress=False)
+    out = run_config(cfg, score, z, ts, SCHEDULE, fine_method="heun")
     ref = sample_ode(score, z, ts, SCHEDULE, method="heun", progress=False)
     assert (out - ref).abs().max() < 1e-10
     assert len(infos) == 1 and infos[0].iterations == 4
