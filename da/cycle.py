@@ -17,7 +17,8 @@ cycle k = 1..n_cycles:
 5. ``callback(k, ensemble, metrics)``; ``checkpointer.save(state)``.
 
 The result is an ``xarray.Dataset`` with the per-cycle metrics on dim ``cycle``,
-the final ``ensemble`` (dims member, s0, s1, ...) and, for a twin, the final
+the final ``ensemble`` (dims member and the names of ``coords``, with their values;
+s0, s1, ... without ``coords``) and, for a twin, the final
 ``truth``. Every random draw comes from one ``torch.Generator`` seeded with
 ``seed``, created on the ensemble's device so that the draws are made where they
 are used (:mod:`da.devices` gives the policy: a CUDA run is reproducible on CUDA
@@ -31,7 +32,7 @@ experiments/checkpoint.py for the atomic file implementation).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,7 @@ def run_cycle(
     callback: Callback | None = None,
     checkpointer: Checkpointer | None = None,
     progress: bool = True,
+    coords: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Cycle ``analysis`` over ``n_cycles`` forecasts of ``model``; see the module docstring.
 
@@ -116,8 +118,12 @@ def run_cycle(
         callback: called after each cycle with (k, analysis ensemble, metrics).
         checkpointer: saves the state after each analysis; resumes from ``load()``.
         progress: tqdm bar over cycles.
+        coords: names and values of the state dimensions, in order (e.g. ``{"variable":
+            model.variables, "lat": model.lat, "lon": model.lon}``); they label the
+            returned ensemble and truth. None: dims s0, s1, ... without values.
     """
     check_ensemble("ensemble", ensemble)
+    _check_coords(coords, tuple(ensemble.shape[1:]))
     if n_cycles < 1:
         raise ValueError(f"n_cycles must be >= 1, got {n_cycles}")
     if steps_per_cycle < 1:
@@ -188,13 +194,28 @@ def run_cycle(
                 "generator_device": generator.device.type,
                 "torch_rng": torch.get_rng_state(), "history": history,
             })
-    return _dataset(history, ensemble, truth)
+    return _dataset(history, ensemble, truth, coords)
+
+
+def _check_coords(coords: Mapping[str, Any] | None, state_shape: tuple[int, ...]) -> None:
+    """coords must name every state dimension, in order, with as many values as it has."""
+    if coords is None:
+        return
+    if len(coords) != len(state_shape):
+        raise ValueError(f"coords names {len(coords)} dimension(s) {list(coords)}, the state "
+                         f"has {len(state_shape)}: {state_shape}")
+    for (name, values), size in zip(coords.items(), state_shape, strict=True):
+        if len(values) != size:
+            raise ValueError(f"coords: dimension {name!r} has {len(values)} values, the "
+                             f"state has {size} there")
 
 
 def _dataset(history: dict[str, list[Any]], ensemble: torch.Tensor,
-             truth: torch.Tensor | None) -> xr.Dataset:
+             truth: torch.Tensor | None, coords: Mapping[str, Any] | None = None
+             ) -> xr.Dataset:
     n = len(history["rmse_a"])
-    dims = ["member"] + [f"s{i}" for i in range(ensemble.ndim - 1)]
+    names = list(coords) if coords is not None else [f"s{i}" for i in range(ensemble.ndim - 1)]
+    dims = ["member", *names]
     data: dict[str, Any] = {name: ("cycle", np.asarray(history[name], dtype=np.float64))
                             for name in METRICS}
     if history["rank_a"]:
@@ -202,7 +223,9 @@ def _dataset(history: dict[str, list[Any]], ensemble: torch.Tensor,
     data["ensemble"] = (dims, ensemble.detach().cpu().numpy())
     if truth is not None:
         data["truth"] = (dims[1:], truth[0].detach().cpu().numpy())
-    ds = xr.Dataset(data, coords={"cycle": np.arange(1, n + 1)})
+    labels = {} if coords is None else {
+        k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in coords.items()}
+    ds = xr.Dataset(data, coords={"cycle": np.arange(1, n + 1), **labels})
     ds["rmse_a"].attrs["long_name"] = "RMSE of the analysis ensemble mean against the truth"
     ds["spread_a"].attrs["long_name"] = "sqrt of the mean analysis ensemble variance"
     ds["obs_rmse_a"].attrs["long_name"] = "RMSE of mean H(x_a) against the observations"

@@ -207,6 +207,17 @@ def _operator(spec: ObservationsSection, state_shape: tuple[int, ...], model):
     return Subset(error, indices=list(range(0, d, spec.stride)))
 
 
+def model_coords(model: Any, state_shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """variable / lat / lon labels of a (variable, lat, lon) state of ``model``; None for
+    other shapes (the cycle then numbers the dimensions)."""
+    names = ("variable", "lat", "lon")
+    values = (list(getattr(model, "variables", ())), getattr(model, "lat", ()),
+              getattr(model, "lon", ()))
+    if state_shape != tuple(len(v) for v in values):
+        return None
+    return dict(zip(names, values, strict=True))
+
+
 def _filter(spec: FilterSection):
     return build(_filter_class(spec.name), spec.options, "filter.options")
 
@@ -243,7 +254,8 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
     ckpt = FileCheckpointer(out / f"checkpoint-{fp}.pt", on_save=clock.checkpoint)
     ds = run_cycle(model, analysis, operator, ensemble, n_cycles=cfg.cycle.n_cycles,
                    truth=truth, steps_per_cycle=cfg.cycle.steps_per_cycle, seed=cfg.cycle.seed,
-                   checkpointer=ckpt, progress=progress)
+                   checkpointer=ckpt, progress=progress,
+                   coords=model_coords(model, tuple(truth.shape)))
     with rundir.atomic_path(out / "cycle.nc", suffix=".nc") as tmp:
         ds.to_netcdf(tmp)
     summary = {"last_10_cycles": {m: float(ds[m].values[-10:].mean())

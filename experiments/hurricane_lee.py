@@ -270,7 +270,7 @@ def _cycle(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None, *,
                    steps_per_cycle=n, seed=cfg.seed + 100,
                    checkpointer=FileCheckpointer(ckpt_dir / f"cycle-{fp}.pt", on_save=on_save)
                    if checkpoint else None,
-                   progress=cfg.progress)
+                   progress=cfg.progress, coords=cycle_io.model_coords(model, tuple(ens.shape[1:])))
     ens = torch.as_tensor(ds["ensemble"].values).to(device)
     log = [{"time": obs.times[k].isoformat(),
             **{m: float(ds[m].values[k - 1]) for m in ("spread_f", "spread_a", "obs_rmse_f",

@@ -3,6 +3,7 @@ no corrupted checkpoint after bad input."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,24 @@ def test_observation_callable_without_truth_and_bad_input(tmp_path):
         run_cycle(model, LETKF(), op, ens[:1], n_cycles=2, truth=truth, progress=False)
     with pytest.raises(ValueError, match="observations="):
         run_cycle(model, LETKF(), op, ens, n_cycles=2, progress=False)
+
+
+def test_coordinates_travel_with_the_result():
+    model = Lorenz96(8)
+    g = torch.Generator().manual_seed(0)
+    truth = model.spin_up(100, generator=g, dtype=torch.float64)[0].reshape(1, 1, 8)
+    ens = truth + torch.randn(6, 1, 1, 8, generator=g, dtype=torch.float64)
+    op = Identity(1.0)
+    ring = np.arange(8) * 45.0
+    labels = {"variable": ["x"], "lat": [0.0], "lon": ring}
+    ds = run_cycle(model, LETKF(), op, ens, n_cycles=2, truth=truth, progress=False,
+                   coords=labels)
+    assert ds["ensemble"].dims == ("member", "variable", "lat", "lon")
+    np.testing.assert_array_equal(ds["lon"].values, ring)
+    assert ds["truth"].dims == ("variable", "lat", "lon")
+    with pytest.raises(ValueError, match="'lon' has 7 values"):
+        run_cycle(model, LETKF(), op, ens, n_cycles=1, truth=truth, progress=False,
+                  coords={**labels, "lon": ring[:7]})
+    with pytest.raises(ValueError, match="names 1 dimension"):
+        run_cycle(model, LETKF(), op, ens, n_cycles=1, truth=truth, progress=False,
+                  coords={"lon": ring})
