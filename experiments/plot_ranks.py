@@ -53,11 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", required=True, type=Path, help="output PNG")
     args = parser.parse_args(argv)
     rows = []
+    needed = {"setting", "filter", "rank_histogram", "rank_chi2", "rank_chi2_dof",
+              "spread_over_rmse"}
     for table in args.tables:
         try:
-            rows.extend(json.loads(table.read_text()))
+            data = json.loads(table.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"{table}: not an l96_twin table.json ({exc})") from exc
+        if not isinstance(data, list) or not all(
+                isinstance(r, dict) and needed <= set(r) for r in data):
+            raise UserError(f"{table}: not an l96_twin table.json (a list of runs with "
+                            f"{', '.join(sorted(needed))})")
+        rows.extend(data)
     plot_rank_histograms(rows, args.png)
     print(args.png)
     return 0

@@ -129,6 +129,9 @@ class EnSF:
             raise ValueError(f"bandwidth must lie in (0, 1], got {self.bandwidth}")
         if self.radius is not None and not self.radius > 0:
             raise ValueError(f"radius must be > 0 or None, got {self.radius}")
+        if (self.radius is not None or self.sites is not None) and self.score != "kernel":
+            raise ValueError(f"radius and sites apply to score='kernel', not {self.score!r} "
+                             "(score='localised' takes taper=)")
         if self.radius is not None and self.distance is None:
             raise ValueError("a localisation radius needs distance= (callable or matrix)")
         if self.domains_per_batch < 1:

@@ -173,10 +173,11 @@ def kernel_analysis(
                                   valid=torch.ones(n_sites, dtype=torch.bool, device=device))
         site_weights = torch.empty(n_sites, m, m, dtype=dtype, device=device)
     xa = torch.empty(xb.shape[1], m, dtype=dtype, device=device)
+    backward = flow_times(steps, forward=False)
     for rows, big_g, g, dd in blocks:
         q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd)
         z = encoded.unsqueeze(0) @ q  # (D, M, M): the points in each domain's eigenbasis
-        z = mixture_flow(z, flow_times(steps, forward=False), means_a, var_a, schedule, log_w)
+        z = mixture_flow(z, backward, means_a, var_a, schedule, log_w)
         u_a = z @ q.transpose(1, 2)
         if sites is None:
             xa[rows] = xmean[rows, None] + (xpert[rows, None, :] * u_a).sum(-1)

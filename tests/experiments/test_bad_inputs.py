@@ -20,29 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_cycle_cli import TINY as TINY_CYCLE
 from test_hurricane_lee import TINY_ANALOGUE, _era5_setup, _toml
 
 pytestmark = pytest.mark.subprocess
 
-TINY_CYCLE = """
-[model]
-name = "lorenz96"
-options = { nx = 8 }
-[truth]
-spin_up_steps = 50
-[ensemble]
-members = 6
-spread = 1.0
-[observations]
-operator = "every"
-stride = 2
-std = 0.5
-[filter]
-name = "ensf"
-options = { steps = 20, score = "paired", sampler = "ode" }
-[cycle]
-n_cycles = 4
-"""
 
 
 def tfda_command() -> list[str]:

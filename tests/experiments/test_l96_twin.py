@@ -38,3 +38,19 @@ def test_kernel_ensf_assimilates_on_the_published_benchmark(tmp_path):
     assert res["rmse_a"] < 0.08
     assert 0.6 < res["spread_over_rmse"] < 1.5
     assert sum(res["rank_histogram"]) == 40 * 100  # 40 cycles x 100 components
+
+
+def test_rank_figure_from_saved_tables_and_a_bad_table(tmp_path, capsys):
+    from tfda.experiments import plot_ranks
+
+    out = tmp_path / "runs"
+    assert main(["sakov2008", "--filter", "all", "--out", str(out), "--cycles", "6",
+                 "--burn-in", "2", "--no-progress"]) == 0
+    png = tmp_path / "ranks.png"
+    assert plot_ranks.main([str(out / "table.json"), "--png", str(png)]) == 0
+    assert png.stat().st_size > 0
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"setting": 1}')
+    assert plot_ranks.main([str(bad), "--png", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.json" in err[0] and "Traceback" not in err[0]
