@@ -14,7 +14,7 @@ import sys
 from tfda.experiments._errors import DEBUG_FLAG, debug_requested, report
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "lee": ("tfda.experiments.hurricane_lee", "Hurricane Lee study (analogue by default)"),
+    "lee": ("tfda.experiments.lee.cli", "Hurricane Lee study (analogue by default)"),
     "demo": ("tfda.experiments.sample_demo", "training-free sampling demo on a 2-D mixture"),
     "cycle": ("tfda.experiments.cycle", "assimilation cycle from a TOML config"),
     "l96": ("tfda.experiments.l96_twin", "Lorenz-96 twin experiments (EnSF vs LETKF)"),

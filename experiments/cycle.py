@@ -36,8 +36,6 @@ after its last analysis. Example configs: experiments/configs/*.toml::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,33 +46,6 @@ import torch
 from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command
 from tfda.experiments.config import build, check_call, load_toml, to_plain
-
-
-def fingerprint(config: dict[str, Any]) -> str:
-    """A stable hash of a JSON-able configuration: checkpoints of another set-up are ignored."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], fp: str) -> Path:
-    """torch.save ``payload`` with the fingerprint, to a temporary name, then rename."""
-    with rundir.atomic_path(path) as tmp:
-        torch.save({"fingerprint": fp, "payload": payload}, tmp)
-    return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike, fp: str) -> dict[str, Any] | None:
-    """The payload at ``path`` if it exists and was written for fingerprint ``fp``."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a truncated file from a killed run: start that cycle again
-        return None
-    if not isinstance(data, dict) or data.get("fingerprint") != fp:
-        return None
-    return data["payload"]
 
 
 @dataclass(frozen=True)
@@ -236,7 +207,7 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
     from tfda.da.cycle import run_cycle
     from tfda.experiments.checkpoint import FileCheckpointer
 
-    fp = fingerprint(hashed(cfg))
+    fp = rundir.fingerprint(hashed(cfg))
     rundir.check_out_dir(out)
     model = models.load(cfg.model.name, **check_call(
         models.base._resolve(cfg.model.name), cfg.model.options, "model.options"))

@@ -32,7 +32,6 @@ from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command
 from tfda.experiments.checkpoint import FileCheckpointer
 from tfda.experiments.config import build, parse_device, parse_override
-from tfda.experiments.cycle import fingerprint
 from tfda.experiments.settings.l96 import SETTINGS, L96Setting
 from tfda.models.lorenz96 import Lorenz96
 from tfda.observations.operators import Arctan, Identity
@@ -72,7 +71,7 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
     model = Lorenz96(setting.nx, dt=setting.dt, rk4_dt=setting.rk4_dt, device=device)
     filt = make_filter(filter_name, setting, overrides)
     operator = make_operator(setting)
-    fp = fingerprint({"setting": dataclasses.asdict(setting), "filter": filter_name,
+    fp = rundir.fingerprint({"setting": dataclasses.asdict(setting), "filter": filter_name,
                       "overrides": overrides, "seed": seed, "device": str(device),
                       "dtype": str(dtype)})
     resume = out / f"checkpoint-{fp}.pt"

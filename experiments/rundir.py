@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tfda.experiments._errors import UserError
 
@@ -126,3 +128,9 @@ class WallClock:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """A stable hash of a JSON-able configuration: checkpoints of another set-up are ignored."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -17,7 +17,7 @@ def test_tfda_namespace_maps_the_project_folders():
     assert Path(tfda.da.score.__file__).resolve() == ROOT / "da" / "score.py"
     assert Path(tfda.models.__file__).resolve().parent == ROOT / "models"
     assert tfda.observations.__name__ == "tfda.observations"
-    assert tfda.experiments.cli.COMMANDS["lee"][0] == "tfda.experiments.hurricane_lee"
+    assert tfda.experiments.cli.COMMANDS["lee"][0] == "tfda.experiments.lee.cli"
 
 
 def test_no_generic_package_outside_the_checkout(tmp_path):

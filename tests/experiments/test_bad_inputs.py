@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from test_cycle_cli import TINY as TINY_CYCLE
-from test_hurricane_lee import TINY_ANALOGUE, _era5_setup, _toml
+from test_lee import TINY_ANALOGUE, _era5_setup, _toml
 
 pytestmark = pytest.mark.subprocess
 

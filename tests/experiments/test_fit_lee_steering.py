@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tfda.experiments import fit_lee_steering as fls
-from tfda.experiments import hurricane_lee as lee
+from tfda.experiments import lee
 from tfda.models.barotropic import BarotropicConfig
 from tfda.models.tracking import great_circle_km
 from tfda.observations.besttrack import lee2023
@@ -37,10 +37,11 @@ def test_analogue_truth_stays_within_250_km_of_lee_on_every_day_with_a_fix():
     assert cfg.vortex_day == -3
     model_cfg = BarotropicConfig(**cfg.analogue_model)
     # the study's own truth, Day 0 .. 8, against the packaged best track
-    from tfda.experiments.lee_io import _load_model
+    from tfda.experiments.lee.inputs import analogue_truth
+    from tfda.experiments.lee.sources import load_model
 
-    model = _load_model(cfg)
-    _, (t_lat, t_lon), _, best = lee._analogue_truth(cfg, model, 4)
+    model = load_model(cfg)
+    _, (t_lat, t_lon), _, best = analogue_truth(cfg, model, 4)
     days = [d for d in range(cfg.forecast_days + 1) if np.isfinite(best[0][d])]
     assert days == [0, 1, 2, 3, 4, 6]
     err = {d: float(great_circle_km(t_lat[4 * d], t_lon[4 * d], best[0][d], best[1][d]))

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import xarray as xr
 from test_bad_inputs import _nan_era5, _umask, run_tfda, tfda_command
-from test_hurricane_lee import TINY_ANALOGUE, _era5_setup, _toml
+from test_lee import TINY_ANALOGUE, _era5_setup, _toml
 
-from tfda.experiments import hurricane_lee as lee
+from tfda.experiments import lee
 
 # two EnSF cycles (a checkpoint after each), slow enough to be killed in between
 # (the paired sampler's 150 steps, not the kernel EnSF's 10: the run must be killable)
@@ -91,7 +91,7 @@ def test_rerun_clears_old_outputs_before_anything_else(tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise RuntimeError("killed mid-run")
 
-    monkeypatch.setattr(lee, "_forecast_tracks", killed)
+    monkeypatch.setattr(lee.study, "forecast_tracks", killed)
     with pytest.raises(RuntimeError):
         lee.run(cfg, out)
     left = sorted(p.name for p in out.iterdir())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tfda.experiments import hurricane_lee as lee
+from tfda.experiments import lee
 from tfda.models.tracking import great_circle_km
 
 TINY_ANALOGUE = {
@@ -199,7 +199,7 @@ def test_rerun_removes_the_marker_before_writing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("killed mid-run")
 
-    monkeypatch.setattr(lee, "_forecast_tracks", boom)
+    monkeypatch.setattr(lee.study, "forecast_tracks", boom)
     with pytest.raises(RuntimeError):
         lee.run(cfg, out)
     assert not (out / "COMPLETE").exists()
