@@ -36,6 +36,7 @@ after its last analysis. Example configs: experiments/configs/*.toml::
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ import torch
 from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command
 from tfda.experiments.config import build, check_call, load_toml, to_plain
+from tfda.experiments.factories import make_filter, make_operator
 
 
 @dataclass(frozen=True)
@@ -119,16 +121,6 @@ class CycleConfig:
     cycle: CycleSection = field(default_factory=CycleSection)
 
 
-def _filter_class(name: str):
-    if name == "ensf":
-        from tfda.da.filters.ensf import EnSF
-
-        return EnSF
-    from tfda.da.filters.letkf import LETKF
-
-    return LETKF
-
-
 def load_config(path: str | os.PathLike) -> CycleConfig:
     """Read and check a cycle TOML file; UserError names the file and the key."""
     data = load_toml(path, "config")
@@ -144,7 +136,7 @@ def load_config(path: str | os.PathLike) -> CycleConfig:
         from tfda.models.base import _resolve
 
         check_call(_resolve(cfg.model.name), cfg.model.options, "model.options")
-        build(_filter_class(cfg.filter.name), cfg.filter.options, "filter.options")
+        make_filter(cfg.filter.name, cfg.filter.options, where="filter.options")
     except UserError as exc:
         raise UserError(f"config {path}: {exc}") from exc
     return cfg
@@ -164,7 +156,6 @@ def _truth(model, name: str, spec: TruthSection, generator) -> torch.Tensor:
 
 def _operator(spec: ObservationsSection, state_shape: tuple[int, ...], model):
     from tfda.observations.errors import DiagonalError
-    from tfda.observations.operators import Identity, Subset
 
     if spec.std == "default":  # per-variable stds of observations.synthetic
         from tfda.observations.synthetic import default_error
@@ -172,10 +163,8 @@ def _operator(spec: ObservationsSection, state_shape: tuple[int, ...], model):
         error = default_error(list(model.variables), model.lat, model.lon)
     else:
         error = DiagonalError(float(spec.std))
-    if spec.operator == "identity":
-        return Identity(error)
-    d = int(torch.tensor(state_shape).prod())
-    return Subset(error, indices=list(range(0, d, spec.stride)))
+    return make_operator(spec.operator, error, state_size=math.prod(state_shape),
+                         stride=spec.stride)
 
 
 def model_coords(model: Any, state_shape: tuple[int, ...]) -> dict[str, Any] | None:
@@ -187,10 +176,6 @@ def model_coords(model: Any, state_shape: tuple[int, ...]) -> dict[str, Any] | N
     if state_shape != tuple(len(v) for v in values):
         return None
     return dict(zip(names, values, strict=True))
-
-
-def _filter(spec: FilterSection):
-    return build(_filter_class(spec.name), spec.options, "filter.options")
 
 
 def hashed(cfg: CycleConfig) -> dict[str, Any]:
@@ -216,7 +201,7 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
     ensemble = truth[None] + cfg.ensemble.spread * torch.randn(
         (cfg.ensemble.members, *truth.shape), generator=gen, dtype=truth.dtype).to(truth.device)
     operator = _operator(cfg.observations, tuple(truth.shape), model)
-    analysis = _filter(cfg.filter)
+    analysis = make_filter(cfg.filter.name, cfg.filter.options, where="filter.options")
     # stale results of another configuration go; this one's checkpoint stays to resume
     out = rundir.begin(out, ["cycle.nc", "summary.json", "checkpoint-*.pt", "wall-*.json"]
                        if not (Path(out) / f"checkpoint-{fp}.pt").exists()

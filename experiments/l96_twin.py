@@ -31,19 +31,19 @@ from tfda.da.metrics import rank_flatness
 from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command
 from tfda.experiments.checkpoint import FileCheckpointer
-from tfda.experiments.config import build, parse_device, parse_override
+from tfda.experiments.config import parse_device, parse_override
+from tfda.experiments.factories import make_filter, make_operator
 from tfda.experiments.settings.l96 import SETTINGS, L96Setting
 from tfda.models.lorenz96 import Lorenz96
-from tfda.observations.operators import Arctan, Identity
 
 FILTERS = ("ensf", "ensf-published", "letkf")
 
 
-def make_filter(name: str, setting: L96Setting, overrides: dict[str, Any]) -> EnSF | LETKF:
+def make_l96_filter(name: str, setting: L96Setting, overrides: dict[str, Any]) -> EnSF | LETKF:
     """The filter of ``setting`` with ``--set`` overrides, every key and type checked."""
     if name == "letkf":
-        return build(LETKF, {**setting.letkf, **overrides}, "--set",
-                     fixed={"distance": periodic_distance(setting.nx)})
+        return make_filter("letkf", {**setting.letkf, **overrides}, where="--set",
+                           fixed={"distance": periodic_distance(setting.nx)})
     if name in ("ensf", "ensf-published"):
         opts = {**(setting.ensf if name == "ensf" else setting.ensf_published), **overrides}
         fixed: dict[str, Any] = {}
@@ -51,17 +51,8 @@ def make_filter(name: str, setting: L96Setting, overrides: dict[str, Any]) -> En
             fixed["taper"] = ring_taper(setting.nx, float(opts.pop("radius", 4.0)))
         elif opts.get("radius") is not None:
             fixed["distance"] = periodic_distance(setting.nx)
-        return build(EnSF, opts, "--set", fixed=fixed)
+        return make_filter("ensf", opts, where="--set", fixed=fixed)
     raise UserError(f"--filter must be one of {FILTERS}, got {name!r}")
-
-
-def make_operator(setting: L96Setting) -> Identity | Arctan:
-    locations = torch.arange(setting.nx, dtype=torch.float64)
-    if setting.operator == "identity":
-        return Identity(setting.obs_std, locations=locations)
-    if setting.operator == "arctan":
-        return Arctan(setting.obs_std, locations=locations)
-    raise ValueError(f"setting {setting.name}: unknown operator {setting.operator!r}")
 
 
 def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict[str, Any],
@@ -69,8 +60,10 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
             progress: bool = True) -> dict[str, Any]:
     """Run one twin experiment, write results.json and metrics.nc under ``out``."""
     model = Lorenz96(setting.nx, dt=setting.dt, rk4_dt=setting.rk4_dt, device=device)
-    filt = make_filter(filter_name, setting, overrides)
-    operator = make_operator(setting)
+    filt = make_l96_filter(filter_name, setting, overrides)
+    operator = make_operator(setting.operator, setting.obs_std,
+                             locations=torch.arange(setting.nx, dtype=torch.float64),
+                             where=f"setting {setting.name}: operator")
     fp = rundir.fingerprint({"setting": dataclasses.asdict(setting), "filter": filter_name,
                       "overrides": overrides, "seed": seed, "device": str(device),
                       "dtype": str(dtype)})
@@ -188,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if setting.cycles < 1 or not 0 <= setting.burn_in < setting.cycles:
             raise UserError(f"--burn-in {setting.burn_in} must lie in [0, --cycles "
                             f"{setting.cycles})")
-        make_filter(filt, setting, overrides)
+        make_l96_filter(filt, setting, overrides)
         out = args.out if len(runs) == 1 else args.out / f"{name}-{filt}"
         plan.append((setting, filt, rundir.check_out_dir(out, "--out")))
     rows = []

@@ -121,16 +121,18 @@ class LeeConfig:
 
     def _check_ensf(self) -> None:
         """The EnSF options, checked by EnSF itself, before any work (its errors name them)."""
-        from tfda.da.filters.ensf import EnSF
+        from tfda.experiments.factories import make_filter
 
         if self.ensf_radius_km is not None and not self.ensf_radius_km > 0:
             raise ValueError(f"ensf_radius_km must be > 0 or absent, got {self.ensf_radius_km}")
-        try:
-            EnSF(score=self.ensf_score, sampler=self.ensf_sampler, steps=self.ensf_steps,
-                 eps_a=self.ensf_eps_a, inflation=self.ensf_inflation,
-                 bandwidth=self.ensf_bandwidth)
-        except ValueError as exc:
-            raise ValueError(f"ensf options: {exc}") from None
+        make_filter("ensf", self.ensf_options(), where="ensf options")
+
+    def ensf_options(self) -> dict[str, Any]:
+        """The EnSF dataclass fields the ``ensf_*`` keys set (Parareal puts the ODE sampler)."""
+        return {"score": self.ensf_score, "steps": self.ensf_steps, "eps_a": self.ensf_eps_a,
+                "sampler": "ode" if self.parareal_slices > 0 else self.ensf_sampler,
+                "inflation": self.ensf_inflation, "standardise": self.ensf_standardise,
+                "bandwidth": self.ensf_bandwidth, "progress": self.progress}
 
     def torch_device(self) -> torch.device:
         return parse_device(self.device, "--device")

@@ -18,6 +18,7 @@ import torch
 
 from tfda.experiments import rundir
 from tfda.experiments.cycle import model_coords
+from tfda.experiments.factories import make_filter
 from tfda.experiments.lee.config import TRACK_VARIABLES, LeeConfig
 from tfda.experiments.lee.inputs import prepare_inputs, steps_in
 from tfda.experiments.lee.io import begin_run, finish_run, write_outputs
@@ -26,25 +27,21 @@ from tfda.models.tracking import StormTracker, great_circle_km
 
 
 def make_ensf(cfg: LeeConfig, model: Any, group: Any = None):
-    from tfda.da.filters import EnSF, grid_distance
+    """The EnSF the ``ensf_*`` keys describe; the kernel EnSF localised on the model grid
+    (one local analysis per grid point within ``ensf_radius_km``)."""
+    from tfda.da.filters import grid_distance
     from tfda.da.filters.local import grid_sites
 
-    parareal = None
-    sampler = cfg.ensf_sampler
+    fixed: dict[str, Any] = {}
     if cfg.parareal_slices > 0:
         from tfda.da.parareal import ParallelConfig
 
-        sampler = "ode"
-        parareal = ParallelConfig(n_slices=cfg.parareal_slices, mode=cfg.parareal_mode,
-                                  slice_group=group)
-    local: dict[str, Any] = {}
+        fixed["parareal"] = ParallelConfig(n_slices=cfg.parareal_slices,
+                                           mode=cfg.parareal_mode, slice_group=group)
     if cfg.ensf_score == "kernel" and cfg.ensf_radius_km is not None:
-        local = {"radius": cfg.ensf_radius_km, "distance": grid_distance(model.lat, model.lon),
-                 "sites": grid_sites(model.lat, model.lon, len(model.variables))}
-    return EnSF(score=cfg.ensf_score, sampler=sampler, steps=cfg.ensf_steps,
-                eps_a=cfg.ensf_eps_a, inflation=cfg.ensf_inflation, parareal=parareal,
-                standardise=cfg.ensf_standardise, progress=cfg.progress,
-                bandwidth=cfg.ensf_bandwidth, **local)
+        fixed.update(radius=cfg.ensf_radius_km, distance=grid_distance(model.lat, model.lon),
+                     sites=grid_sites(model.lat, model.lon, len(model.variables)))
+    return make_filter("ensf", cfg.ensf_options(), where="ensf options", fixed=fixed)
 
 
 def cycle_to_day0(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None, *,

@@ -47,11 +47,11 @@ def test_cycle_runs_and_resumes_identically(tmp_path, monkeypatch):
     assert json.loads((ref / "config.json").read_text())["model"]["name"] == "lorenz96"
 
     # kill the run in cycle 3, then restart it: it resumes and ends identical
-    real = cycle._filter
+    real = cycle.make_filter
     calls = {"n": 0}
 
-    def flaky(spec):
-        filt = real(spec)
+    def flaky(name, options, **kwargs):
+        filt = real(name, options, **kwargs)
 
         def analysis(prior, y, operator, *, generator=None):
             calls["n"] += 1
@@ -62,11 +62,11 @@ def test_cycle_runs_and_resumes_identically(tmp_path, monkeypatch):
         return analysis
 
     out = tmp_path / "run"
-    monkeypatch.setattr(cycle, "_filter", flaky)
+    monkeypatch.setattr(cycle, "make_filter", flaky)
     with pytest.raises(KeyboardInterrupt):
         cycle.main([str(conf), "--out", str(out), "--no-progress"])
     assert not (out / "COMPLETE").exists() and list(out.glob("checkpoint-*.pt"))
-    monkeypatch.setattr(cycle, "_filter", real)
+    monkeypatch.setattr(cycle, "make_filter", real)
     assert cycle.main([str(conf), "--out", str(out), "--no-progress"]) == 0
     with xr.open_dataset(out / "cycle.nc") as ds:
         np.testing.assert_array_equal(ds["ensemble"].values, final)

@@ -1,0 +1,63 @@
+"""The one place commands turn names and option tables into filters and observation
+operators: ``tfda cycle`` ([filter], [observations]), ``tfda l96`` (settings + ``--set``)
+and ``tfda lee`` (the ``ensf_*`` keys) all build through here, so an option is checked
+the same way, and named the same way in its error, whichever command reads it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tfda.experiments._errors import UserError
+from tfda.experiments.config import build
+
+if TYPE_CHECKING:
+    from tfda.da.filters import LETKF, EnSF
+    from tfda.da.protocols import ObservationError, ObservationOperator
+
+FILTER_NAMES = ("ensf", "letkf")
+OPERATOR_NAMES = ("identity", "every", "arctan")
+
+
+def filter_class(name: str, where: str = "filter.name") -> type[EnSF] | type[LETKF]:
+    """The dataclass of the filter called ``name`` (imported on demand: the LETKF-only
+    user never imports the samplers)."""
+    if name == "ensf":
+        from tfda.da.filters.ensf import EnSF
+
+        return EnSF
+    if name == "letkf":
+        from tfda.da.filters.letkf import LETKF
+
+        return LETKF
+    raise UserError(f"{where}: unknown filter {name!r} (one of {', '.join(FILTER_NAMES)})")
+
+
+def make_filter(name: str, options: Mapping[str, Any], *, where: str,
+                fixed: Mapping[str, Any] | None = None) -> EnSF | LETKF:
+    """``name``'s dataclass from ``options`` (every key and type checked, errors prefixed
+    by ``where``) plus ``fixed``, the values the program supplies (distance functions,
+    grid sites, a process group)."""
+    return build(filter_class(name), dict(options), where, fixed=fixed)
+
+
+def make_operator(name: str, error: ObservationError | float, *,
+                  state_size: int | None = None, stride: int = 1,
+                  locations: Sequence[float] | torch.Tensor | None = None,
+                  where: str = "observations.operator") -> ObservationOperator:
+    """``identity`` (every component), ``every`` (every ``stride``-th component of the
+    flattened state of ``state_size``) or ``arctan`` (Bao et al. 2309.00983, Eq. 38);
+    ``locations`` (one per observation) let a localised filter place the observations."""
+    from tfda.observations.operators import Arctan, Identity, Subset
+
+    if name == "identity":
+        return Identity(error, locations=locations)
+    if name == "arctan":
+        return Arctan(error, locations=locations)
+    if name == "every":
+        if state_size is None:
+            raise ValueError("make_operator('every') needs state_size")
+        return Subset(error, indices=list(range(0, state_size, stride)))
+    raise UserError(f"{where}: unknown operator {name!r} (one of {', '.join(OPERATOR_NAMES)})")
