@@ -10,6 +10,7 @@ cycle k = 1..n_cycles:
    experiment, ``y = H(truth) + eps`` with eps drawn from ``operator.error.sample``;
 3. analyse: ``ensemble <- analysis(ensemble, y, operator, generator=...)`` (the
    :class:`tfda.da.protocols.Analysis` contract; the cycle's generator is passed);
+   a cycle whose y is all NaN (nothing observed) keeps the forecast;
 4. metrics: rmse_f / rmse_a (ensemble mean against the truth, where there is a
    truth), spread_f / spread_a (sqrt of the mean ensemble variance), obs_rmse_f /
    obs_rmse_a (mean of H(members) against the finite y), crps_f / crps_a and the
@@ -175,7 +176,8 @@ def run_cycle(
             raise ValueError(f"cycle {k}: y has shape {tuple(y.shape)} but H(x) gives "
                              f"{obs_shape} per member")
         metrics = _metrics(x, truth, y, operator, "f")
-        xa = analysis(x, y, operator, generator=generator)
+        # a cycle without any observation (all NaN) is a forecast only
+        xa = analysis(x, y, operator, generator=generator) if bool(torch.isfinite(y).any()) else x
         if tuple(xa.shape) != tuple(x.shape) or not bool(torch.isfinite(xa).all()):
             raise FloatingPointError(f"cycle {k}: the analysis returned shape "
                                      f"{tuple(xa.shape)} or non-finite values")

@@ -20,11 +20,13 @@ after its last analysis. Example configs: experiments/configs/*.toml::
     members = 20
     spread = 1.0
     [observations]          # operator "identity" or "every" (every `stride`-th component);
-                            # std a number, or "default" (per-variable, barotropic/ERA5)
+                            # std a number, or "default" (per-variable, barotropic/ERA5);
+                            # or operator "points" with file = "stations.csv" (below)
     operator = "every"
     stride = 2
     std = 1.0
-    [filter]                # "ensf" or "letkf"; options = the dataclass fields
+    [filter]                # "ensf" or "letkf"; options = the dataclass fields; a
+                            # radius localises (ring points for Lorenz-96, km on a grid)
     name = "ensf"
     options = { steps = 100, score = "paired", sampler = "ode" }
     [cycle]
@@ -32,22 +34,33 @@ after its last analysis. Example configs: experiments/configs/*.toml::
     steps_per_cycle = 1
     seed = 0
     out = "runs/cycle_l96"
+
+Point observations (``operator = "points"``, ``file`` relative to the config file): a
+CSV, Parquet or netCDF table with columns lat, lon, variable (the model's names) and
+error (std), the earth2studio observation schema; the state is bilinearly interpolated
+to each distinct (lat, lon, variable) (:class:`observations.points.PointObservations`).
+Without an ``observation`` column the twin draws y = H(truth) + eps at those points
+every cycle; with one, a ``cycle`` column (1 .. n_cycles) says when each value was
+observed and those values are assimilated (NaN where a point has no row in a cycle),
+the metrics then comparing with the configured truth.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command
 from tfda.experiments.config import build, check_call, load_toml, to_plain
-from tfda.experiments.factories import make_filter, make_operator
+from tfda.experiments.factories import make_filter, make_operator, model_distance
 
 
 @dataclass(frozen=True)
@@ -79,15 +92,19 @@ class EnsembleSection:
 
 @dataclass(frozen=True)
 class ObservationsSection:
-    operator: Literal["identity", "every"] = "identity"
+    operator: Literal["identity", "every", "points"] = "identity"
     stride: int = 2
     std: float | Literal["default"] = 1.0
+    # "points": a CSV / Parquet / netCDF table, relative to the config file
+    file: str | None = None
 
     def __post_init__(self) -> None:
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if self.std != "default" and not self.std > 0:
             raise ValueError(f"std must be > 0 or 'default', got {self.std}")
+        if (self.operator == "points") != (self.file is not None):
+            raise ValueError("file: give it with operator = 'points' (and only then)")
 
 
 @dataclass(frozen=True)
@@ -136,7 +153,13 @@ def load_config(path: str | os.PathLike) -> CycleConfig:
         from tfda.models.base import _resolve
 
         check_call(_resolve(cfg.model.name), cfg.model.options, "model.options")
-        make_filter(cfg.filter.name, cfg.filter.options, where="filter.options")
+        # a radius takes the model's distance (run); checked here with a stand-in
+        make_filter(cfg.filter.name, cfg.filter.options, where="filter.options",
+                    fixed={"distance": "the model's"} if _localised(cfg.filter) else None)
+        if cfg.observations.file is not None:  # relative to the config file
+            table = Path(path).parent / cfg.observations.file
+            cfg = replace(cfg, observations=replace(cfg.observations, file=str(table)))
+            _read_points(table)
     except UserError as exc:
         raise UserError(f"config {path}: {exc}") from exc
     return cfg
@@ -152,6 +175,58 @@ def _truth(model, name: str, spec: TruthSection, generator) -> torch.Tensor:
                             rmax=spec.rmax_km * 1e3)[0]
     raise UserError(f"[truth]: no initial-state builder for model {name!r} "
                     "(supported: models with spin_up, barotropic)")
+
+
+def _localised(spec: FilterSection) -> bool:
+    return spec.options.get("radius") is not None
+
+
+def _read_points(path: str | os.PathLike):
+    from tfda.observations.points import read_point_table
+
+    try:
+        return read_point_table(path)
+    except ValueError as exc:
+        raise UserError(f"observations.file {exc}") from None
+
+
+def point_observations(table, model, n_cycles: int, dtype: torch.dtype
+                       ) -> tuple[Any, torch.Tensor | None]:
+    """The point operator over every distinct (lat, lon, variable) of ``table`` and, where
+    the table has an ``observation`` column, y (cycle, point): the row's value at its
+    ``cycle`` (1 .. n_cycles), NaN where a point has no row in a cycle (not observed).
+    Without observations the cycle draws y = H(truth) + eps at every point."""
+    from tfda.observations.points import PointObservations
+
+    if not all(hasattr(model, a) for a in ("lat", "lon", "variables")):
+        raise UserError("observations.operator = 'points' needs a model on a (variable, lat, "
+                        f"lon) grid; {type(model).__name__} has none")
+    keys = ["lat", "lon", "variable"]
+    points = table.drop_duplicates(keys).reset_index(drop=True)
+    try:
+        op, _ = PointObservations.from_dataframe(
+            points.assign(observation=0.0), grid_lat=model.lat, grid_lon=model.lon,
+            variables=list(model.variables), dtype=dtype)
+    except ValueError as exc:
+        raise UserError(f"observations.file {exc}") from None
+    if "observation" not in table.columns:
+        return op, None
+    if "cycle" not in table.columns:
+        raise UserError("observations.file: an observation column needs a cycle column "
+                        f"(1 .. {n_cycles}) saying when each value was observed")
+    cycle = table["cycle"].to_numpy()
+    bad = ~np.isin(cycle, np.arange(1, n_cycles + 1))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(f"observations.file row {row}: cycle {cycle[row]} is not one of "
+                        f"1 .. {n_cycles}")
+    index = table.merge(points[keys].reset_index(), on=keys, how="left")["index"].to_numpy()
+    if len(set(zip(cycle.tolist(), index.tolist(), strict=True))) < len(table):
+        raise UserError("observations.file: a point has two rows in the same cycle")
+    y = torch.full((n_cycles, op.n_obs), float("nan"), dtype=dtype)
+    y[torch.as_tensor(cycle.astype(np.int64) - 1), torch.as_tensor(index)] = torch.as_tensor(
+        table["observation"].to_numpy(dtype=np.float64), dtype=dtype)
+    return op, y
 
 
 def _operator(spec: ObservationsSection, state_shape: tuple[int, ...], model):
@@ -183,6 +258,9 @@ def hashed(cfg: CycleConfig) -> dict[str, Any]:
     so the same run resumes wherever it is written."""
     plain = to_plain(cfg)
     plain["cycle"].pop("out")
+    if cfg.observations.file is not None:  # the table's content, wherever it lies
+        data = Path(cfg.observations.file).read_bytes()
+        plain["observations"]["file"] = hashlib.sha256(data).hexdigest()
     return plain
 
 
@@ -194,14 +272,21 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
 
     fp = rundir.fingerprint(hashed(cfg))
     rundir.check_out_dir(out)
+    points = _read_points(cfg.observations.file) if cfg.observations.file else None
     model = models.load(cfg.model.name, **check_call(
         models.base._resolve(cfg.model.name), cfg.model.options, "model.options"))
     gen = torch.Generator().manual_seed(cfg.cycle.seed)
     truth = _truth(model, cfg.model.name, cfg.truth, gen)
     ensemble = truth[None] + cfg.ensemble.spread * torch.randn(
         (cfg.ensemble.members, *truth.shape), generator=gen, dtype=truth.dtype).to(truth.device)
-    operator = _operator(cfg.observations, tuple(truth.shape), model)
-    analysis = make_filter(cfg.filter.name, cfg.filter.options, where="filter.options")
+    observed = None
+    if points is None:
+        operator = _operator(cfg.observations, tuple(truth.shape), model)
+    else:
+        operator, observed = point_observations(points, model, cfg.cycle.n_cycles, truth.dtype)
+    analysis = make_filter(cfg.filter.name, cfg.filter.options, where="filter.options",
+                           fixed={"distance": model_distance(model)}
+                           if _localised(cfg.filter) else None)
     # stale results of another configuration go; this one's checkpoint stays to resume
     out = rundir.begin(out, ["cycle.nc", "summary.json", "checkpoint-*.pt", "wall-*.json"]
                        if not (Path(out) / f"checkpoint-{fp}.pt").exists()
@@ -209,8 +294,10 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
     clock = rundir.WallClock(out / f"wall-{fp}.json")
     ckpt = FileCheckpointer(out / f"checkpoint-{fp}.pt", on_save=clock.checkpoint)
     ds = run_cycle(model, analysis, operator, ensemble, n_cycles=cfg.cycle.n_cycles,
-                   truth=truth, steps_per_cycle=cfg.cycle.steps_per_cycle, seed=cfg.cycle.seed,
-                   checkpointer=ckpt, progress=progress,
+                   truth=truth, steps_per_cycle=cfg.cycle.steps_per_cycle,
+                   observations=None if observed is None else (
+                       lambda k, _truth: observed[k - 1].to(truth.device)),
+                   seed=cfg.cycle.seed, checkpointer=ckpt, progress=progress,
                    coords=model_coords(model, tuple(truth.shape)))
     with rundir.atomic_path(out / "cycle.nc", suffix=".nc") as tmp:
         ds.to_netcdf(tmp)

@@ -61,3 +61,14 @@ def make_operator(name: str, error: ObservationError | float, *,
             raise ValueError("make_operator('every') needs state_size")
         return Subset(error, indices=list(range(0, state_size, stride)))
     raise UserError(f"{where}: unknown operator {name!r} (one of {', '.join(OPERATOR_NAMES)})")
+
+
+def model_distance(model: Any) -> Any:
+    """The distance a localised filter needs on ``model``'s state: the ring distance for
+    Lorenz-96 (in grid points), great-circle km on a (variable, lat, lon) grid."""
+    from tfda.da.filters.local import grid_distance, periodic_distance
+    from tfda.models.lorenz96 import Lorenz96
+
+    if isinstance(model, Lorenz96):
+        return periodic_distance(model.nx)
+    return grid_distance(model.lat, model.lon)

@@ -19,12 +19,15 @@ degrees serve localisation with :func:`da.filters.grid_distance`.
 
 :meth:`PointObservations.from_dataframe` reads a table in earth2studio's
 observation schema (columns lat, lon, variable, observation, error; others such as
-time are ignored) and returns the operator and the observation vector y.
+time are ignored) and returns the operator and the observation vector y;
+:func:`read_point_table` reads such a table from CSV, Parquet or netCDF.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,7 @@ import torch
 
 from tfda.observations.operators import ErrorLike, as_error
 
-__all__ = ["PointObservations", "COLUMNS"]
+__all__ = ["PointObservations", "COLUMNS", "read_point_table"]
 
 #: the columns :meth:`PointObservations.from_dataframe` needs
 COLUMNS: tuple[str, ...] = ("lat", "lon", "variable", "observation", "error")
@@ -227,3 +230,44 @@ class PointObservations:
 
     def __repr__(self) -> str:
         return f"PointObservations(n_obs={self.n_obs}, error={self.error!r})"
+
+
+def read_point_table(path: str | os.PathLike[str], *, required: Sequence[str] = ("lat", "lon",
+                     "variable", "error")) -> Any:
+    """A pandas DataFrame of point observations from ``path``: ``.csv``, ``.parquet``
+    (needs pyarrow) or ``.nc`` (one-dimensional variables along one dimension, one per
+    column). ``required`` columns must be present; ValueError names the file."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: not found" if not p.exists() else f"{p}: not a file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(p)
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(p)
+        elif suffix in (".nc", ".nc4", ".netcdf"):
+            import xarray as xr
+
+            with xr.open_dataset(p) as ds:
+                if len(ds.dims) != 1:
+                    raise ValueError(f"needs variables along one dimension, got dims "
+                                     f"{dict(ds.sizes)}")
+                frame = ds.to_dataframe().reset_index(drop=True)
+        else:
+            raise ValueError(f"unknown format {suffix!r} (use .csv, .parquet or .nc)")
+    except ImportError as exc:
+        raise ValueError(f"{p}: reading {suffix} needs {exc.name} (pip install pyarrow)"
+                         ) from None
+    except ValueError as exc:
+        raise ValueError(f"{p}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - parser errors of three libraries
+        raise ValueError(f"{p}: not a readable {suffix[1:]} table ({exc})") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{p}: lacks column(s) {missing}; columns are {list(frame.columns)}")
+    if len(frame) == 0:
+        raise ValueError(f"{p}: no rows")
+    return frame
