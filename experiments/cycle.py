@@ -224,8 +224,9 @@ def point_observations(table, model, n_cycles: int, dtype: torch.dtype
     if len(set(zip(cycle.tolist(), index.tolist(), strict=True))) < len(table):
         raise UserError("observations.file: a point has two rows in the same cycle")
     y = torch.full((n_cycles, op.n_obs), float("nan"), dtype=dtype)
-    y[torch.as_tensor(cycle.astype(np.int64) - 1), torch.as_tensor(index)] = torch.as_tensor(
-        table["observation"].to_numpy(dtype=np.float64), dtype=dtype)
+    values = np.array(table["observation"], dtype=np.float64)  # a writable copy
+    y[torch.as_tensor(cycle.astype(np.int64) - 1), torch.as_tensor(np.array(index))] = (
+        torch.as_tensor(values, dtype=dtype))
     return op, y
 
 
