@@ -157,6 +157,7 @@ class PointObservations:
         self.variables = tuple(str(v) for v in variables)
         self.state_shape = (len(self.variables), glat.size, glon.size)
         v = _variable_index(variable, self.variables, plat.size)
+        self.variable = tuple(self.variables[i] for i in v)  # per observation
         r0, r1, s = _lat_rows(glat, plat)
         c0, c1, t = _lon_columns(glon, plon)
         base = v * glat.size * glon.size

@@ -58,6 +58,7 @@ _HELP = {
     "forecast-days": f"length of the track forecasts in days (default {LeeConfig.forecast_days})",
     "seed": f"random seed of observations, ensembles and sampler (default {LeeConfig.seed})",
     "parareal-slices": "> 0: the EnSF ODE sampler runs as Parareal with this many slices",
+    "stations": "> 0: the cycle assimilates only this many random stations (all variables)",
 }
 
 
@@ -75,7 +76,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--out", metavar="DIR",
                    help="run directory (default runs/lee_<mode> in the current directory)")
     for name, typ in (("members", int), ("ensf-steps", int), ("forecast-days", int),
-                      ("seed", int), ("parareal-slices", int)):
+                      ("seed", int), ("parareal-slices", int), ("stations", int)):
         p.add_argument(f"--{name}", type=typ, help=_HELP[name])
     p.add_argument("--parareal-mode", choices=("batched", "distributed", "serial"),
                    help="Parareal on one device (batched) or across ranks (distributed)")
@@ -97,7 +98,7 @@ def config_from_args(argv: list[str] | None) -> tuple[LeeConfig, Path]:
     if args.weights:
         values["weights"] = args.weights
     for key in ("model", "members", "ensf_steps", "forecast_days", "seed", "parareal_slices",
-                "parareal_mode", "device"):
+                "parareal_mode", "device", "stations"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if args.no_progress:

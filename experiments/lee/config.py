@@ -44,6 +44,12 @@ class LeeConfig:
     # correlated_error_factor() -- the diagonal R then carries the information about a
     # large-scale signal that the correlated R does (docs/ensf.md measures 1, 3 and auto)
     filter_error_std_factor: float | None = None
+    # 0: every grid point observed (the paper's set-up). N > 0: the cycle assimilates only
+    # N stations drawn uniformly over the box (every variable at each; experiments/lee/
+    # stations.py), or the stations listed in stations_file (columns lat, lon). The
+    # Day -3 ensemble and the baseline still start from the gridded observations.
+    stations: int = 0
+    stations_file: str | None = None
     # EnSF (da.filters.ensf.EnSF). "kernel": the localised Gaussian-mixture prior with the
     # exact posterior score (docs/ensf.md), one local analysis per grid point within
     # ensf_radius_km (Gaspari-Cohn, as the LETKF's); ensf_steps flow steps each way.
@@ -92,6 +98,11 @@ class LeeConfig:
             raise ValueError("parareal_slices: Parareal runs the paired/mixture samplers; set "
                              "ensf_score = 'paired' (the kernel EnSF's transport is "
                              "not a long sampler run)")
+        if self.stations < 0:
+            raise ValueError(f"stations must be >= 0, got {self.stations}")
+        if self.stations and self.stations_file is not None:
+            raise ValueError("give stations (a number drawn at random) or stations_file, "
+                             "not both")
         if self.forecast_days < 1:
             raise ValueError(f"forecast_days must be >= 1, got {self.forecast_days}")
         days = list(self.obs_days)
@@ -136,6 +147,10 @@ class LeeConfig:
 
     def torch_device(self) -> torch.device:
         return parse_device(self.device, "--device")
+
+    @property
+    def observes_stations(self) -> bool:
+        return self.stations > 0 or self.stations_file is not None
 
     def tracker_config(self) -> TrackerConfig:
         return TrackerConfig(vorticity_threshold=self.vorticity_threshold,

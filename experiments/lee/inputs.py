@@ -14,6 +14,7 @@ import torch
 
 from tfda.experiments.lee.config import TRACK_VARIABLES, LeeConfig
 from tfda.experiments.lee.sources import best_track, check_finite, load_era5, load_model, model_spec
+from tfda.experiments.lee.stations import station_operator
 from tfda.models.tracking import EARTH_RADIUS_KM, StormTracker
 
 
@@ -27,6 +28,8 @@ class Observations:
     filter_error: Any  # the R the filter assumes
     times: list[datetime]
     synthetic: Any  # observations.synthetic.SyntheticObservations (netCDF writer)
+    operator: Any  # what the cycle assimilates: Identity(filter_error) or the stations
+    assimilated: torch.Tensor  # (time, ...) its observations: y, or y at the stations
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,18 @@ def observe_truth(cfg: LeeConfig, model, truth: torch.Tensor) -> Observations:
         if factor is None:
             factor = correlated_error_factor(cfg.error_length_scale_km, model.lat, model.lon)
         filter_error = DiagonalError(error.std * factor)
+    if cfg.observes_stations:
+        operator = station_operator(cfg, model, error.std.reshape(-1))
+        with torch.no_grad():
+            assimilated = operator(syn.y)
+        filter_error = operator.error
+    else:
+        from tfda.observations.operators import Identity
+
+        operator, assimilated = Identity(filter_error), syn.y
     return Observations(y=syn.y, truth=truth.cpu(), error=error, filter_error=filter_error,
-                        times=obs_times, synthetic=syn)
+                        times=obs_times, synthetic=syn, operator=operator,
+                        assimilated=assimilated)
 
 
 def prepare_inputs(cfg: LeeConfig) -> LeeInputs:

@@ -36,8 +36,8 @@ def write_dataset(ds, path: Path) -> None:
         ds.to_netcdf(tmp, engine="netcdf4")
 
 
-OUTPUTS = ("config.json", "observations.nc", "analyses.nc", "tracks.nc", "metrics.json",
-           "tracks.png", "tracks.pdf")
+OUTPUTS = ("config.json", "observations.nc", "stations.csv", "analyses.nc", "tracks.nc",
+           "metrics.json", "tracks.png", "tracks.pdf")
 
 
 def begin_run(out: Path, cfg: LeeConfig) -> None:
@@ -101,6 +101,12 @@ def tracks_dataset(cfg: LeeConfig, tracks, inputs: LeeInputs, spd: int):
 def write_outputs(out: Path, cfg: LeeConfig, obs: Observations, baseline, ensf, tracks,
                   inputs: LeeInputs, spd: int, metrics: dict[str, Any]) -> None:
     obs.synthetic.to_netcdf(out / "observations.nc")
+    if cfg.observes_stations:  # what the cycle assimilated, in the point-table schema
+        from tfda.experiments.lee.stations import station_table
+
+        table = station_table(obs.operator, obs.assimilated, obs.times)
+        with rundir.atomic_path(out / "stations.csv", suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False)
     write_dataset(analyses_dataset(cfg, inputs.model, obs, baseline, ensf),
                    out / "analyses.nc")
     write_dataset(tracks_dataset(cfg, tracks, inputs, spd), out / "tracks.nc")

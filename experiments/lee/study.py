@@ -39,8 +39,9 @@ def make_ensf(cfg: LeeConfig, model: Any, group: Any = None):
         fixed["parareal"] = ParallelConfig(n_slices=cfg.parareal_slices,
                                            mode=cfg.parareal_mode, slice_group=group)
     if cfg.ensf_score == "kernel" and cfg.ensf_radius_km is not None:
-        fixed.update(radius=cfg.ensf_radius_km, distance=grid_distance(model.lat, model.lon),
-                     sites=grid_sites(model.lat, model.lon, len(model.variables)))
+        fixed.update(radius=cfg.ensf_radius_km, distance=grid_distance(model.lat, model.lon))
+        if not cfg.observes_stations:  # H = I: one local analysis per grid column
+            fixed["sites"] = grid_sites(model.lat, model.lon, len(model.variables))
     return make_filter("ensf", cfg.ensf_options(), where="ensf options", fixed=fixed)
 
 
@@ -51,7 +52,6 @@ def cycle_to_day0(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None
     carries a hash of the configuration, so another set-up never resumes from it)."""
     from tfda.da.cycle import run_cycle
     from tfda.experiments.checkpoint import FileCheckpointer
-    from tfda.observations.operators import Identity
 
     y = obs.y.to(device)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
@@ -64,8 +64,9 @@ def cycle_to_day0(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None
         return {"ensemble": ens, "log": []}
     n = steps_in(model, gaps.pop(), "obs_days")
     fp = cfg.fingerprint()
-    ds = run_cycle(model, make_ensf(cfg, model, group), Identity(obs.filter_error), ens,
-                   n_cycles=len(obs.times) - 1, observations=lambda k, _truth: y[k],
+    assimilated = obs.assimilated.to(device)
+    ds = run_cycle(model, make_ensf(cfg, model, group), obs.operator, ens,
+                   n_cycles=len(obs.times) - 1, observations=lambda k, _truth: assimilated[k],
                    steps_per_cycle=n, seed=cfg.seed + 100,
                    checkpointer=FileCheckpointer(ckpt_dir / f"cycle-{fp}.pt", on_save=on_save)
                    if checkpoint else None,

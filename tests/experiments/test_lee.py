@@ -214,3 +214,54 @@ def test_config_validation():
         lee.LeeConfig.from_dict({"memberz": 3})
     with pytest.raises(ValueError, match="mode"):
         lee.LeeConfig(mode="gpu")
+
+
+def test_station_observations_are_the_gridded_ones_at_the_stations(tmp_path):
+    """--stations N: the cycle assimilates N stations (every variable at each); the
+    station values written to stations.csv are the bilinear interpolation of the gridded
+    observations in observations.nc (checked with xarray's own interpolation), and the
+    analysis fits them better than the forecast."""
+    import pandas as pd
+    import xarray as xr
+
+    out = tmp_path / "run"
+    conf = _toml(tmp_path / "c.toml", TINY_ANALOGUE)
+    assert lee.main(["--config", conf, "--out", str(out), "--stations", "25"]) == 0
+    metrics = _check_run_dir(out, 4, 1)
+    table = pd.read_csv(out / "stations.csv", parse_dates=["time"])
+    assert len(table) == 2 * 25 * 6 and set(table.columns) >= {"time", "lat", "lon",
+                                                                "variable", "observation",
+                                                                "error"}
+    with xr.open_dataset(out / "observations.nc") as ds:
+        name = [v for v in ds.data_vars if set(ds[v].dims) >= {"lat", "lon", "variable"}][0]
+        grid = ds[name].load()
+    day0 = table[table["time"] == table["time"].max()]
+    ref = grid.isel(time=-1).interp(lat=xr.DataArray(day0["lat"].to_numpy(), dims="p"),
+                                    lon=xr.DataArray(day0["lon"].to_numpy(), dims="p"))
+    want = [float(ref.sel(variable=v).isel(p=i)) for i, v in enumerate(day0["variable"])]
+    # float32 states: agreement to float32 round-off
+    np.testing.assert_allclose(day0["observation"].to_numpy(), want, rtol=2e-6)
+    last = metrics["cycle"][-1]
+    assert last["obs_rmse_a"] < last["obs_rmse_f"]
+    assert json.loads((out / "config.json").read_text())["stations"] == 25
+
+
+def test_stations_from_a_file_and_bad_station_files(tmp_path, capsys):
+    (tmp_path / "st.csv").write_text("lat,lon\n15.0,310.0\n20.0,300.0\n25.0,320.0\n")
+    out = tmp_path / "run"
+    conf = _toml(tmp_path / "c.toml", {**TINY_ANALOGUE, "stations_file": str(tmp_path / "st.csv")})
+    assert lee.main(["--config", conf, "--out", str(out)]) == 0
+    assert len(pd_read(out / "stations.csv")) == 2 * 3 * 6
+    (tmp_path / "far.csv").write_text("lat,lon\n80.0,310.0\n")
+    bad = _toml(tmp_path / "b.toml", {**TINY_ANALOGUE, "stations_file": str(tmp_path / "far.csv")})
+    capsys.readouterr()
+    assert lee.main(["--config", bad, "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stations_file" in err[0] and "outside" in err[0], err
+    assert not (tmp_path / "bad" / "COMPLETE").exists()
+
+
+def pd_read(path):
+    import pandas as pd
+
+    return pd.read_csv(path)
