@@ -19,7 +19,7 @@ Procedure (deterministic; 12 analogue runs, about 20 s on one core of a loaded m
    Neighbouring knots overlap (the field is their kernel average), so the winds
    are the Tikhonov solution of W s = target (W[k, l]: weight of knot l at knot k).
 3. Iterate: run the analogue (models.barotropic with the steering field) from the
-   Day -3 start, track it (models.tracking), re-estimate the drift d at every knot
+   Day -3 start, track it (diagnostics.tracking), re-estimate the drift d at every knot
    time as the model's motion minus the steering its storm felt, and move the winds
    a fraction ``relax`` towards the new solution. The first drift estimate is the
    motion of the unsteered vortex over its first day. Motions (centred 12-h
@@ -48,8 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tfda.diagnostics.tracking import StormTracker, TrackerConfig
+from tfda.geo import great_circle_km
 from tfda.models.barotropic import EARTH_RADIUS, BarotropicConfig, BarotropicModel, vortex_state
-from tfda.models.tracking import StormTracker, TrackerConfig, great_circle_km
 
 FIT_FILE = Path(__file__).resolve().parent / "data" / "lee_steering.json"
 COMMAND = "python -m tfda.experiments.fit_lee_steering --write"

@@ -48,8 +48,8 @@ def synthetic_era5(path: Path, times: list[datetime], lat: np.ndarray, lon: np.n
     """A netCDF of the 20 FourCastNet channels at ``times``: noise around 100 and a deep
     vortex drifting west from 17N 52W in msl, u850 and v850; returns (path, per-channel
     mean, per-channel std) for a normalisation that fits these fields."""
+    from tfda.geo import great_circle_km
     from tfda.models.fourcastnet import FOURCASTNET_VARIABLES as names
-    from tfda.models.tracking import great_circle_km
     from tfda.observations.era5 import write_netcdf
 
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ plus correlated perturbations (observations.synthetic); 20 members.
 * Baseline: the Day 0 observations plus draws of the same error model.
 
 Both ensembles are forecast ``forecast_days`` (8) days as one batch, tracked
-on the fly (models.tracking) and compared with the tracked truth: per lead
+on the fly (diagnostics.tracking) and compared with the tracked truth: per lead
 day the great-circle error of the ensemble-mean position, the area of the
 q-quantile covariance ellipse, whether the truth lies inside it, and the spread.
 
@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tfda.diagnostics.track_metrics import lead_day_metrics
+from tfda.diagnostics.tracking import StormTracker, TrackerConfig
 from tfda.experiments import cycle as cycle_io
 from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command
@@ -60,8 +62,8 @@ from tfda.experiments.lee_io import (
     model_spec,
     write_outputs,
 )
-from tfda.experiments.plot_tracks import lead_day_metrics, plot_run
-from tfda.models.tracking import EARTH_RADIUS_KM, StormTracker, TrackerConfig, great_circle_km
+from tfda.experiments.plot_tracks import plot_run
+from tfda.geo import EARTH_RADIUS_KM, great_circle_km
 
 TRACK_VARIABLES = ("msl", "u850", "v850")
 
