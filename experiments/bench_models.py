@@ -15,11 +15,13 @@ Prints one table:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
 import torch
 
+from tfda._io import time_repeats
 from tfda.experiments._errors import ArgumentParser, command, description
 from tfda.models.barotropic import BarotropicConfig, BarotropicModel, vortex_state
 from tfda.models.base import rollout
@@ -71,12 +73,7 @@ def bench_fourcastnet(members: int, *, autocast: bool, repeats: int) -> tuple[fl
     model.step(x[:1])                                  # warm-up: cuFFT plans, kernels
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        y = model.step(x)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+    y, times = time_repeats(functools.partial(model.step, x), repeats, device="cuda")
     assert bool(torch.isfinite(y).all())
     peak = torch.cuda.max_memory_allocated() / 2**30
     del model, x, y

@@ -33,9 +33,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfda._io import atomic_path  # noqa: E402
 from tfda.diagnostics.track_metrics import ensemble_ellipse, lead_day_metrics  # noqa: E402
 from tfda.experiments._errors import ArgumentParser, UserError, command  # noqa: E402
-from tfda.experiments.rundir import atomic_path  # noqa: E402
 
 __all__ = ["TrackFigure", "draw_track_figure", "figure_from_run", "plot_run"]
 

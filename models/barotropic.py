@@ -61,11 +61,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tfda.geo import EARTH_RADIUS_M
 from tfda.models.base import check_state
 
 __all__ = ["BarotropicConfig", "BarotropicModel", "holland_wind", "vortex_state", "VARIABLES"]
 
-EARTH_RADIUS = 6.371e6
+EARTH_RADIUS = EARTH_RADIUS_M  # metres: the model's equations are in SI units
 OMEGA = 7.292e-5
 VARIABLES: tuple[str, ...] = ("u10m", "v10m", "msl", "u850", "v850", "z850")
 
