@@ -222,20 +222,18 @@ def _ensf(cfg: LeeConfig, model: Any, group: Any = None):
     from tfda.da.filters import EnSF, grid_distance
     from tfda.da.filters.local import grid_sites
 
-    parareal = None
-    sampler = cfg.ensf_sampler
+    sampler: Any = cfg.ensf_sampler
     if cfg.parareal_slices > 0:
         from tfda.da.parareal import ParallelConfig
 
-        sampler = "ode"
-        parareal = ParallelConfig(n_slices=cfg.parareal_slices, mode=cfg.parareal_mode,
-                                  slice_group=group)
+        sampler = ParallelConfig(n_slices=cfg.parareal_slices, mode=cfg.parareal_mode,
+                                 slice_group=group)
     local: dict[str, Any] = {}
     if cfg.ensf_score == "kernel" and cfg.ensf_radius_km is not None:
         local = {"radius": cfg.ensf_radius_km, "distance": grid_distance(model.lat, model.lon),
                  "sites": grid_sites(model.lat, model.lon, len(model.variables))}
     return EnSF(score=cfg.ensf_score, sampler=sampler, steps=cfg.ensf_steps,
-                eps_a=cfg.ensf_eps_a, inflation=cfg.ensf_inflation, parareal=parareal,
+                eps_a=cfg.ensf_eps_a, inflation=cfg.ensf_inflation,
                 standardise=cfg.ensf_standardise, progress=cfg.progress,
                 bandwidth=cfg.ensf_bandwidth, **local)
 

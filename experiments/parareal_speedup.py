@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from tfda._io import time_repeats, write_json
 from tfda.da import distributed
-from tfda.da.parareal import parareal
+from tfda.da.parareal import ParallelConfig, parareal
 from tfda.da.sampler import sample_ode, time_grid
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score
@@ -85,9 +85,11 @@ def run_problem(name: str, args: argparse.Namespace, ctx: distributed.DistContex
             group = None
             if mode == "distributed":
                 group = distributed.make_grid(shard_size=1).slice_group
-            (out, info), wall = _timed(lambda mode=mode, n_c=n_c, group=group: parareal(
-                score, z, ts, SCHEDULE, n_slices=n_c, tol=args.tol, mode=mode,
-                fine_method=args.method, coarse_steps=args.coarse_steps, slice_group=group),
+            config = ParallelConfig(n_slices=n_c, tol=args.tol, mode=mode,
+                                    fine_method=args.method, coarse_steps=args.coarse_steps,
+                                    slice_group=group)
+            (out, info), wall = _timed(
+                lambda config=config: parareal(score, z, ts, SCHEDULE, config=config),
                 device, args.repeat)
             if not lead:
                 continue
