@@ -12,12 +12,18 @@ shaped like ``z`` (k-diffusion's ``sampling.py`` is the model), integrating from
 ``t`` passed to the score is a float for the plain samplers; Parareal passes a
 tensor with one time per row, which :func:`ode_velocity` and the estimators of
 :mod:`da.score` accept.
+
+:class:`Sampler` is what a filter takes to run one of them: :class:`SDE`,
+:class:`ODE` (with its step), :class:`tfda.da.parareal.ParallelConfig` (the ODE
+parallel in time), or any object of that shape; :func:`as_sampler` also accepts the
+shortcuts ``"sde"`` and ``"ode"`` that configuration files use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -178,8 +184,8 @@ def sample_ode(
 
     Args are those of :func:`sample_sde`; ``method`` picks the step. The map from
     ``z`` to the result is deterministic, which is what Parareal needs: the same ODE
-    parallel in time is :func:`tfda.da.parareal.run_config` (Algorithm 1), a sampler
-    of its own over the same steps (:func:`ode_step`).
+    parallel in time is :class:`tfda.da.parareal.ParallelConfig` (Algorithm 1), a
+    sampler of its own over the same steps (:func:`ode_step`).
     """
     check_time_grid("timesteps", timesteps)
     check_finite("z", z)
@@ -204,3 +210,79 @@ def sample_ode(
         if callback is not None:
             callback(k, t_next, z.clone())  # the callback may keep it; z is rewritten
     return _finish("sample_ode", z, timesteps)
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A reverse-time sampler: ``sampler(score, z, timesteps, schedule, *, generator,
+    progress)`` returns the state at ``timesteps[-1]``.
+
+    ode: it integrates the probability-flow ODE (Eq. 9), a deterministic map (a
+        filter's stable step sizes then use the ODE's bound, :mod:`da.stability`).
+    row_wise: it may stack copies of the rows and pass one time per row, so the score
+        must be row-wise (Parareal).
+    steps_multiple: the grid's step count must be a multiple of this (a filter pads
+        its grid); 1 for any grid.
+    """
+
+    ode: bool
+    row_wise: bool
+
+    @property
+    def steps_multiple(self) -> int: ...
+
+    def __call__(self, score: ScoreFn, z: torch.Tensor, timesteps: torch.Tensor,
+                 schedule: Schedule, *, generator: torch.Generator | None = None,
+                 progress: bool = False) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class SDE:
+    """Euler-Maruyama on the backward SDE (Eq. 6), :func:`sample_sde`."""
+
+    ode: ClassVar[bool] = False
+    row_wise: ClassVar[bool] = False
+    steps_multiple: ClassVar[int] = 1
+
+    def __call__(self, score: ScoreFn, z: torch.Tensor, timesteps: torch.Tensor,
+                 schedule: Schedule, *, generator: torch.Generator | None = None,
+                 progress: bool = False) -> torch.Tensor:
+        return sample_sde(score, z, timesteps, schedule, generator=generator,
+                          progress=progress)
+
+
+@dataclass(frozen=True)
+class ODE:
+    """The probability-flow ODE (Eq. 9) with ``method`` steps, :func:`sample_ode`."""
+
+    method: OdeMethod = "euler"
+
+    ode: ClassVar[bool] = True
+    row_wise: ClassVar[bool] = False
+    steps_multiple: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if self.method not in ("euler", "heun"):
+            raise ValueError(f"method must be 'euler' or 'heun', got {self.method!r}")
+
+    def __call__(self, score: ScoreFn, z: torch.Tensor, timesteps: torch.Tensor,
+                 schedule: Schedule, *, generator: torch.Generator | None = None,
+                 progress: bool = False) -> torch.Tensor:
+        del generator  # deterministic
+        return sample_ode(score, z, timesteps, schedule, method=self.method, progress=progress)
+
+
+SHORTCUTS: dict[str, Sampler] = {"sde": SDE(), "ode": ODE()}
+
+
+def as_sampler(value: str | Sampler) -> Sampler:
+    """``value`` as a :class:`Sampler`: ``"sde"`` and ``"ode"`` (Euler steps) name
+    :class:`SDE` and :class:`ODE`; a sampler object is returned as it is."""
+    if isinstance(value, str):
+        if value not in SHORTCUTS:
+            raise ValueError(f"sampler must be 'sde', 'ode' or a Sampler, got {value!r}")
+        return SHORTCUTS[value]
+    if not isinstance(value, Sampler):
+        raise ValueError(f"sampler must be 'sde', 'ode' or a Sampler (SDE(), ODE('heun'), "
+                         f"a ParallelConfig), got {value!r}")
+    return value

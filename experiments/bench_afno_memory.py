@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import re
-import time
 
 import torch
 
+from tfda._io import timed
 from tfda.models.fourcastnet import AFNOConfig, AFNONet
 
 
@@ -65,14 +65,10 @@ def measure(cfg: AFNOConfig, members: int, device: str, micro_batch: int | None
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        run()
-        seconds = time.perf_counter() - t
+        _, seconds = timed(run)
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30
     else:
-        t = time.perf_counter()
-        peak = _cpu_peak_extra(run)
-        seconds = time.perf_counter() - t
+        peak, seconds = timed(lambda: _cpu_peak_extra(run))
     if not bool(torch.isfinite(out[0]).all()):
         raise FloatingPointError("the forward produced non-finite values")
     return seconds, peak

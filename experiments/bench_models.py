@@ -15,12 +15,15 @@ Prints one table:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
 import torch
 
+from tfda._io import time_repeats
 from tfda.experiments._errors import ArgumentParser, command, description
+from tfda.geo import EARTH_RADIUS_M
 from tfda.models.barotropic import BarotropicConfig, BarotropicModel, vortex_state
 from tfda.models.base import rollout
 from tfda.models.fourcastnet import load_fourcastnet
@@ -71,12 +74,7 @@ def bench_fourcastnet(members: int, *, autocast: bool, repeats: int) -> tuple[fl
     model.step(x[:1])                                  # warm-up: cuFFT plans, kernels
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        y = model.step(x)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+    y, times = time_repeats(functools.partial(model.step, x), repeats, device="cuda")
     assert bool(torch.isfinite(y).all())
     peak = torch.cuda.max_memory_allocated() / 2**30
     del model, x, y
@@ -110,9 +108,8 @@ def print_beta_drift(days: int = 3) -> None:
     (lat0, lon0), (lat1, lon1) = (
         vortex_centre(model, s) for s in (x, list(rollout(model, x, 4 * days))[-1])
     )
-    radius = 6.371e6
-    east = math.radians(lon1 - lon0) * radius * math.cos(math.radians(0.5 * (lat0 + lat1)))
-    north = math.radians(lat1 - lat0) * radius
+    east = math.radians(lon1 - lon0) * EARTH_RADIUS_M * math.cos(math.radians(0.5 * (lat0 + lat1)))
+    north = math.radians(lat1 - lat0) * EARTH_RADIUS_M
     speed = math.hypot(east, north) / (days * 86400)
     bearing = math.degrees(math.atan2(east, north)) % 360
     print(f"beta drift over {days} days from 25.5N 54.5W, no steering: "

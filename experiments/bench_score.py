@@ -21,12 +21,12 @@ import ctypes
 import gc
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from tfda._io import time_repeats
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score, paired_score, prepare_prior
 from tfda.experiments._errors import ArgumentParser, command, description
@@ -87,16 +87,7 @@ def peak_extra_bytes(fn: Callable[[], torch.Tensor], device: torch.device) -> in
 
 def median_seconds(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
     fn()  # warm-up: allocator, kernels
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_repeats(fn, repeats, device=device)[1])
 
 
 def fits(bytes_needed: float, device: torch.device) -> bool:
@@ -129,15 +120,9 @@ def device_peak_gbs(device: torch.device) -> tuple[float | None, str]:
         return None, f"{name}: peak bandwidth unknown"
     a = torch.ones(2**26)
     b = torch.empty_like(a)
-    best = min(_timed(lambda: b.copy_(a)) for _ in range(5))
+    best = min(time_repeats(lambda: b.copy_(a), 5)[1])
     gbs = 2 * a.numel() * a.element_size() / best / 1e9
     return gbs, f"CPU, measured copy bandwidth {gbs:.1f} GB/s"
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def measure(

@@ -2,7 +2,7 @@
 
 ``FileCheckpointer(path).save(state)`` writes the state dict (tensors, generator
 states, metric lists) with ``torch.save`` to a temporary file in the same
-directory (experiments.rundir.atomic_path), flushes it to disk and renames it over
+directory (tfda._io.atomic_path), flushes it to disk and renames it over
 ``path``: a run killed at any moment leaves either the previous complete checkpoint
 or the new one, never a torn file. ``load()`` returns None when there is no
 checkpoint yet. ``on_save`` runs after every save (e.g. a WallClock's checkpoint).
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tfda.experiments.rundir import atomic_path
+from tfda._io import atomic_path
 
 
 class FileCheckpointer:

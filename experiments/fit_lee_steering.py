@@ -19,7 +19,7 @@ Procedure (deterministic; 12 analogue runs, about 20 s on one core of a loaded m
    Neighbouring knots overlap (the field is their kernel average), so the winds
    are the Tikhonov solution of W s = target (W[k, l]: weight of knot l at knot k).
 3. Iterate: run the analogue (models.barotropic with the steering field) from the
-   Day -3 start, track it (models.tracking), re-estimate the drift d at every knot
+   Day -3 start, track it (diagnostics.tracking), re-estimate the drift d at every knot
    time as the model's motion minus the steering its storm felt, and move the winds
    a fraction ``relax`` towards the new solution. The first drift estimate is the
    motion of the unsteered vortex over its first day. Motions (centred 12-h
@@ -48,8 +48,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tfda.models.barotropic import EARTH_RADIUS, BarotropicConfig, BarotropicModel, vortex_state
-from tfda.models.tracking import StormTracker, TrackerConfig, great_circle_km
+from tfda._io import write_json
+from tfda.diagnostics.tracking import StormTracker, TrackerConfig
+from tfda.geo import EARTH_RADIUS_M, great_circle_km
+from tfda.models.barotropic import BarotropicConfig, BarotropicModel, vortex_state
 
 FIT_FILE = Path(__file__).resolve().parent / "data" / "lee_steering.json"
 COMMAND = "python -m tfda.experiments.fit_lee_steering --write"
@@ -82,8 +84,8 @@ class FitSettings:
 
 def _plane(lat0: float) -> tuple[float, float]:
     """Metres per degree (east, north) on the model plane with reference latitude lat0."""
-    return (EARTH_RADIUS * math.cos(math.radians(lat0)) * math.pi / 180.0,
-            EARTH_RADIUS * math.pi / 180.0)
+    return (EARTH_RADIUS_M * math.cos(math.radians(lat0)) * math.pi / 180.0,
+            EARTH_RADIUS_M * math.pi / 180.0)
 
 
 def reference_track(times: list[datetime]) -> tuple[np.ndarray, np.ndarray]:
@@ -270,10 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in result["errors_km"].items():
         print(f"  {key:>8}: {value:6.0f}")
     if args.write:
-        FIT_FILE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = FIT_FILE.with_name(f".{FIT_FILE.name}.part")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, FIT_FILE)
+        write_json(FIT_FILE, result)
         print(f"wrote {FIT_FILE}")
     return 0
 

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tfda._io import timed
+
 PARTS = ("lee", "twin", "ensf", "score", "models")
 # share of the budget per part (an estimate: none of it has been timed on a GPU yet)
 SHARES = {"lee": 0.38, "twin": 0.14, "ensf": 0.18, "score": 0.12, "models": 0.18}
@@ -48,8 +50,8 @@ def synthetic_era5(path: Path, times: list[datetime], lat: np.ndarray, lon: np.n
     """A netCDF of the 20 FourCastNet channels at ``times``: noise around 100 and a deep
     vortex drifting west from 17N 52W in msl, u850 and v850; returns (path, per-channel
     mean, per-channel std) for a normalisation that fits these fields."""
+    from tfda.geo import great_circle_km
     from tfda.models.fourcastnet import FOURCASTNET_VARIABLES as names
-    from tfda.models.tracking import great_circle_km
     from tfda.observations.era5 import write_netcdf
 
     rng = np.random.default_rng(0)
@@ -111,20 +113,19 @@ def part_lee(device: str, small: bool, work: Path) -> int:
     times = [day0 - timedelta(days=1)] + [day0 + timedelta(hours=6 * k) for k in range(5)]
     lat = np.linspace(90.0, -90.0, n_lat)
     lon = np.arange(n_lon) * 360.0 / n_lon
-    t = time.perf_counter()
-    era5, mean, std = synthetic_era5(work / "era5.nc", times, lat, lon)
+    (era5, mean, std), seconds = timed(lambda: synthetic_era5(work / "era5.nc", times, lat, lon))
     weights = random_weights(work / "weights", afno or {}, mean, std)
-    print(f"inputs written in {time.perf_counter() - t:.1f} s", flush=True)
+    print(f"inputs written in {seconds:.1f} s", flush=True)
     cfg = {"members": 3 if small else 4, "forecast_days": 1, "obs_days": [-1, 0],
            "ensf_steps": 4 if small else 20, "progress": False, "best_track": "none",
            "max_displacement_km": 1500.0, "vorticity_threshold": 1e-6, "device": device}
     if afno:
         cfg["afno"] = afno
     (work / "lee.toml").write_text(_toml(cfg))
-    t = time.perf_counter()
-    rc = cli.main(["lee", "--era5", str(era5), "--weights", str(weights),
-                   "--config", str(work / "lee.toml"), "--out", str(work / "lee")])
-    print(f"tfda lee --era5 --weights: exit {rc} in {time.perf_counter() - t:.1f} s")
+    rc, seconds = timed(lambda: cli.main(["lee", "--era5", str(era5), "--weights", str(weights),
+                                          "--config", str(work / "lee.toml"),
+                                          "--out", str(work / "lee")]))
+    print(f"tfda lee --era5 --weights: exit {rc} in {seconds:.1f} s")
     return rc
 
 
@@ -164,11 +165,7 @@ def part_ensf(device: str, small: bool, work: Path) -> int:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        post = filt.analysis(prior, y, operator)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t
+        post, seconds = timed(lambda f=filt: f.analysis(prior, y, operator), device=device)
         peak = (f"{torch.cuda.max_memory_allocated() / 2**30:9.1f}"
                 if device.startswith("cuda") else f"{'n/a':>9}")
         if not bool(torch.isfinite(post).all()):

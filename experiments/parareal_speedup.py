@@ -16,17 +16,15 @@ serial and batched runs happen on rank 0 alone so they are timed without competi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from tfda._io import time_repeats, write_json
 from tfda.da import distributed
-from tfda.da.parareal import parareal
+from tfda.da.parareal import ParallelConfig, parareal
 from tfda.da.sampler import sample_ode, time_grid
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score
@@ -62,16 +60,8 @@ def make_problem(name: str, *, device: torch.device, dtype: torch.dtype, seed: i
 
 
 def _timed(fn: Callable[[], object], device: torch.device, repeat: int) -> tuple[object, float]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return out, best
+    out, seconds = time_repeats(fn, repeat, device=device)
+    return out, min(seconds)
 
 
 def run_problem(name: str, args: argparse.Namespace, ctx: distributed.DistContext) -> list[dict]:
@@ -95,9 +85,11 @@ def run_problem(name: str, args: argparse.Namespace, ctx: distributed.DistContex
             group = None
             if mode == "distributed":
                 group = distributed.make_grid(shard_size=1).slice_group
-            (out, info), wall = _timed(lambda mode=mode, n_c=n_c, group=group: parareal(
-                score, z, ts, SCHEDULE, n_slices=n_c, tol=args.tol, mode=mode,
-                fine_method=args.method, coarse_steps=args.coarse_steps, slice_group=group),
+            config = ParallelConfig(n_slices=n_c, tol=args.tol, mode=mode,
+                                    fine_method=args.method, coarse_steps=args.coarse_steps,
+                                    slice_group=group)
+            (out, info), wall = _timed(
+                lambda config=config: parareal(score, z, ts, SCHEDULE, config=config),
                 device, args.repeat)
             if not lead:
                 continue
@@ -162,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.rank == 0:
             _print(rows, args, ctx)
             if args.json is not None:
-                tmp = args.json.with_suffix(".tmp")
-                tmp.write_text(json.dumps(rows, indent=1))
-                os.replace(tmp, args.json)
+                write_json(args.json, rows)
     finally:
         distributed.shutdown()
     return 0

@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfda._io import atomic_path  # noqa: E402
 from tfda.experiments._errors import ArgumentParser, UserError, command  # noqa: E402
-from tfda.experiments.rundir import atomic_path  # noqa: E402
 
 
 def plot_rank_histograms(rows: list[dict[str, Any]], path: Path) -> None:

@@ -1,7 +1,7 @@
 """Track-uncertainty figure (Fig. 4 of Rafid et al., SC'24 workshops).
 
 Ellipses and metrics (q-quantile covariance ellipse of the members' positions per
-lead day) are experiments.track_metrics, re-exported here.
+lead day) come from tfda.diagnostics.track_metrics.
 
 The figure: top row, baseline and EnSF side by side on one map extent (land and
 coastlines from GSHHG, offline: experiments.coastlines) with thin member tracks,
@@ -33,12 +33,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfda._io import atomic_path  # noqa: E402
+from tfda.diagnostics.track_metrics import ensemble_ellipse, lead_day_metrics  # noqa: E402
 from tfda.experiments._errors import ArgumentParser, UserError, command  # noqa: E402
-from tfda.experiments.rundir import atomic_path  # noqa: E402
-from tfda.experiments.track_metrics import Ellipse, ensemble_ellipse, lead_day_metrics  # noqa: E402
 
-__all__ = ["Ellipse", "TrackFigure", "draw_track_figure", "ensemble_ellipse", "figure_from_run",
-           "lead_day_metrics", "plot_run"]
+__all__ = ["TrackFigure", "draw_track_figure", "figure_from_run", "plot_run"]
 
 
 def _display_lon(lon, ref: float) -> np.ndarray:

@@ -1,9 +1,8 @@
 """Run directories that cannot lie: atomic files, stale outputs cleared, COMPLETE last.
 
-* :func:`atomic_path` / :func:`write_text`: every output is written to a temporary
-  name in its directory and renamed over the final one, so a killed run never leaves
-  a truncated file; the file gets the permissions of an ordinary ``open`` (0666 less
-  the user's umask), not ``mkstemp``'s 0600.
+* :func:`atomic_path` / :func:`write_text` / :func:`write_json` (from :mod:`tfda._io`,
+  re-exported): every output is written to a temporary name in its directory and
+  renamed over the final one, so a killed run never leaves a truncated file.
 * :func:`check_out_dir`: ``--out`` must be (or be creatable as) a writable directory;
   commands call it while validating, before any work.
 * :func:`begin`: removes ``COMPLETE`` first, then every earlier output, so a re-run
@@ -13,56 +12,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tfda._io import atomic_path, write_json, write_text
 from tfda.experiments._errors import UserError
 
+__all__ = ["COMPLETE", "WallClock", "atomic_path", "begin", "check_out_dir", "finish",
+           "write_json", "write_text"]
+
 COMPLETE = "COMPLETE"
-
-
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``.
-
-    ``suffix`` keeps a file-type extension for writers that infer the format from the
-    name (matplotlib, netCDF)."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}",
-                                dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_json(path: str | os.PathLike[str], data: object) -> Path:
-    return write_text(path, json.dumps(data, indent=1, default=str) + "\n")
 
 
 def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:

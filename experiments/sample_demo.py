@@ -18,11 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from tfda._io import atomic_path
 from tfda.da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
 from tfda.da.schedule import Schedule  # noqa: E402
 from tfda.da.score import mixture_score  # noqa: E402
 from tfda.experiments._errors import ArgumentParser, UserError, command, description
-from tfda.experiments.rundir import atomic_path, check_out_dir
+from tfda.experiments.rundir import check_out_dir
 
 
 def eight_gaussians(n: int, generator: torch.Generator) -> torch.Tensor:

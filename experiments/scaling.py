@@ -35,7 +35,6 @@ import math
 import os
 import re
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,12 +42,12 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from tfda._io import atomic_path, timed
 from tfda.da.sampler import sample_ode, time_grid
 from tfda.da.schedule import Schedule
 from tfda.da.score import DEFAULT_CHUNK
 from tfda.da.sharding import BlockNoise, CountingComm, ShardLayout, algorithm2_bytes, sharded_score
 from tfda.experiments._errors import ArgumentParser, command, description
-from tfda.experiments.rundir import atomic_path
 
 SCHEDULE = Schedule(eps_a=1e-3, eps_b=1e-3)
 FIELDS = ("kind", "ranks", "d", "d_per_rank", "n", "m", "steps", "dtype", "time_s",
@@ -123,12 +122,9 @@ def _sampling_run(kind: str, d: int, group: dist.ProcessGroup, cfg: Config,
     for _ in range(cfg.repeats + 1):  # the first run warms up allocator and collectives
         comm.reset()
         dist.barrier(group=group)
-        start = time.perf_counter()
-        sample_ode(sharded_score(x0, group=comm, schedule=SCHEDULE), z, grid, SCHEDULE,
-                   progress=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, _max_over(time.perf_counter() - start, group, device))
+        _, seconds = timed(lambda: sample_ode(sharded_score(x0, group=comm, schedule=SCHEDULE),
+                                              z, grid, SCHEDULE, progress=False), device=device)
+        best = min(best, _max_over(seconds, group, device))
     evals = comm.calls
     itemsize = x0.element_size()
     return Row(kind, size, d, ShardLayout(d, size).sizes[0], cfg.n, cfg.m, cfg.steps,

@@ -61,11 +61,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tfda.geo import EARTH_RADIUS_M as EARTH_RADIUS  # metres: the model works in SI units
 from tfda.models.base import check_state
 
 __all__ = ["BarotropicConfig", "BarotropicModel", "holland_wind", "vortex_state", "VARIABLES"]
 
-EARTH_RADIUS = 6.371e6
 OMEGA = 7.292e-5
 VARIABLES: tuple[str, ...] = ("u10m", "v10m", "msl", "u850", "v850", "z850")
 

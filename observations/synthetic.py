@@ -42,10 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from tfda._io import atomic_path
 from tfda.da.devices import rand, randn
+from tfda.geo import EARTH_RADIUS_KM
 from tfda.observations.errors import DiagonalError, ObservationError
 
-EARTH_RADIUS_KM = 6371.0
 LEE_DAY0 = datetime(2023, 9, 8, 0)
 """Day 0 of the Lee study (Rafid et al. 2024, Sec. V)."""
 
@@ -276,14 +277,9 @@ class SyntheticObservations:
                    **{k: str(v) for k, v in self.attrs.items()}},
         )
         final = Path(path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(final.name + ".part")
-        try:
+        with atomic_path(final, suffix=".nc") as tmp:
             ds.to_netcdf(tmp, engine="netcdf4",
                          encoding={"time": {"units": "hours since 1900-01-01 00:00:00"}})
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
         return final
 
 

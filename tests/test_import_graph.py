@@ -1,12 +1,16 @@
 """No import cycle among tfda's modules, counting imports inside functions too (only
-``if TYPE_CHECKING:`` blocks, which never run, are left out)."""
+``if TYPE_CHECKING:`` blocks, which never run, are left out), and the layering the
+packages promise: the root's plumbing imports no tfda module, diagnostics needs only
+that plumbing, and da (no I/O) never uses the atomic writes."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"da": "tfda.da", "models": "tfda.models", "observations": "tfda.observations",
+PACKAGES = {"tfda": "tfda", "da": "tfda.da", "models": "tfda.models",
+            "observations": "tfda.observations", "diagnostics": "tfda.diagnostics",
             "experiments": "tfda.experiments"}
+ROOT_MODULES = {"tfda", "tfda.geo", "tfda._io"}
 
 
 def _modules() -> dict[str, Path]:
@@ -66,3 +70,18 @@ def test_no_import_cycle():
         if node not in state:
             visit(node, [])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def _imports_of(prefix: str, edges: dict[str, set[str]]) -> set[str]:
+    return {m for name, out in edges.items() if name == prefix or name.startswith(prefix + ".")
+            for m in out}
+
+
+def test_layering_of_the_root_plumbing_and_diagnostics():
+    mods = _modules()
+    assert ROOT_MODULES <= set(mods)
+    edges = _edges(mods)
+    assert not set().union(*(edges[m] for m in ROOT_MODULES))  # the root imports no subpackage
+    assert _imports_of("tfda.diagnostics", edges) <= ROOT_MODULES | {
+        m for m in mods if m.startswith("tfda.diagnostics")}
+    assert "tfda._io" not in _imports_of("tfda.da", edges)

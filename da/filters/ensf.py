@@ -37,8 +37,8 @@ from tfda.da._checks import check_ensemble, observation_mask
 from tfda.da.devices import randn
 from tfda.da.filters.kernel import kernel_analysis
 from tfda.da.localised_score import localised_mixture_score
-from tfda.da.parareal import run_config
 from tfda.da.protocols import ObservationOperator
+from tfda.da.sampler import Sampler, as_sampler
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score, paired_score, prepare_prior
 from tfda.da.stability import curvature_bound, pad_to_multiple, stable_time_grid
@@ -71,7 +71,11 @@ class EnSF:
         taper: localised only: rho applied along the flattened state, e.g.
             :func:`da.localised_score.ring_taper`.
         damping: h(t); None means 1 - t (mixture and paired: the likelihood heuristic).
-        sampler: "sde" (Euler-Maruyama, Eq. 6) or "ode" (probability flow, Eq. 9).
+        sampler: how the reverse process is integrated, a :class:`da.sampler.Sampler`:
+            ``SDE()`` (Euler-Maruyama, Eq. 6), ``ODE(method)`` (probability flow, Eq. 9,
+            "euler" or "heun" steps) or a :class:`da.parareal.ParallelConfig` (the ODE
+            parallel in time, paired and mixture scores); the strings "sde" and "ode"
+            (Euler) are shortcuts for the first two.
         steps: number of time steps from t = 1 to ``t_end`` (kernel: flow steps each way).
         t_end: last time of the grid (> 0).
         eps_a, eps_b: schedule offsets (da.schedule.Schedule); eps_a > 0 is needed
@@ -79,13 +83,11 @@ class EnSF:
             eps_a = eps_b = 0: it needs alpha_1 = 0 (prior and posterior then meet in the
             same N(0, I) at t = 1) and beta_0 = 0, and its integrator needs no drift.
             to start at t = 1 (the EnSF code uses 0.05).
-        ode_method: "euler" or "heun" for the ODE sampler.
         standardise: sample in per-component standardised coordinates
             ((x - mean) / std of the prior) and map back (Bao et al. 2404.00844).
         score_clip: clip each component of the likelihood score to +-score_clip.
         inflation: multiplicative inflation of the prior perturbations.
         minibatch, chunk_size: passed to mixture_score.
-        parareal: a da.parareal ParallelConfig passed to sample_ode (ODE only).
         seed: seeds a fresh generator per call when none is given to analysis().
         progress: tqdm bar over the sampler steps.
         stable_grid: mixture and paired: shorten the steps where the likelihood's
@@ -103,18 +105,16 @@ class EnSF:
     taper: Any = None
     sites: Any = None
     damping: Damping | None = None
-    sampler: Literal["sde", "ode"] = "sde"
+    sampler: Literal["sde", "ode"] | Sampler = "sde"
     steps: int = 100
     t_end: float = 1e-3
     eps_a: float = 0.05
     eps_b: float = 0.0
-    ode_method: Literal["euler", "heun"] = "euler"
     standardise: bool = False
     score_clip: float | None = None
     inflation: float = 1.0
     minibatch: int | None = None
     chunk_size: int | None | Literal["auto"] = "auto"
-    parareal: Any = None
     seed: int | None = None
     progress: bool = False
     stable_grid: bool = True
@@ -123,7 +123,8 @@ class EnSF:
         if self.score not in ("kernel", "localised", "mixture", "paired"):
             raise ValueError("score must be 'kernel', 'localised', 'mixture' or 'paired', "
                              f"got {self.score!r}")
-        if self.score == "localised" and (self.taper is None or self.parareal is not None):
+        sampler = as_sampler(self.sampler)
+        if self.score == "localised" and (self.taper is None or sampler.row_wise):
             raise ValueError("score='localised' needs taper= and does not run under parareal")
         if not 0.0 < self.bandwidth <= 1.0:
             raise ValueError(f"bandwidth must lie in (0, 1], got {self.bandwidth}")
@@ -136,8 +137,6 @@ class EnSF:
             raise ValueError("a localisation radius needs distance= (callable or matrix)")
         if self.domains_per_batch < 1:
             raise ValueError(f"domains_per_batch must be >= 1, got {self.domains_per_batch}")
-        if self.sampler not in ("sde", "ode"):
-            raise ValueError(f"sampler must be 'sde' or 'ode', got {self.sampler!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not 0.0 < self.t_end < 1.0:
@@ -150,11 +149,9 @@ class EnSF:
             raise ValueError(f"score_clip must be > 0 or None, got {self.score_clip}")
         if not self.inflation >= 1.0:
             raise ValueError(f"inflation must be >= 1, got {self.inflation}")
-        if self.parareal is not None and self.score == "kernel":
+        if sampler.row_wise and self.score == "kernel":
             raise ValueError("parareal applies to the paired and mixture samplers, not to "
                              "score='kernel'")
-        if self.parareal is not None and self.sampler != "ode":
-            raise ValueError("parareal needs sampler='ode' (the SDE map is not deterministic)")
 
     @property
     def schedule(self) -> Schedule:
@@ -167,7 +164,9 @@ class EnSF:
             value = getattr(self, name)
             if name == "damping":
                 value = "1 - t" if value is None else getattr(value, "__name__", repr(value))
-            elif name in ("parareal", "distance", "taper", "sites") and value is not None:
+            elif name == "sampler" and not isinstance(value, str):
+                value = repr(value)
+            elif name in ("distance", "taper", "sites") and value is not None:
                 value = repr(value)
             out[name] = value
         return out
@@ -260,23 +259,16 @@ class EnSF:
                 h = h.to(z.dtype).reshape(-1, *([1] * (z.ndim - 1)))
             return prior_score(z, t) + h * likelihood_score(z)
 
+        sampler = as_sampler(self.sampler)
         if self.stable_grid:
             timesteps = stable_time_grid(
-                self.steps, self.t_end, schedule, damping=damping, ode=self.sampler == "ode",
+                self.steps, self.t_end, schedule, damping=damping, ode=sampler.ode,
                 curvature=1.2 * curvature_bound(likelihood_score, x_prior),
                 prior_stiffness=True)
-            if self.parareal is not None:
-                timesteps = pad_to_multiple(timesteps, self.parareal.n_slices)
+            if sampler.steps_multiple > 1:
+                timesteps = pad_to_multiple(timesteps, sampler.steps_multiple)
         else:
             timesteps = _sampler.time_grid(self.steps, t_start=1.0, t_end=self.t_end)
         z = randn(xf.shape, generator=generator, dtype=xf.dtype, device=xf.device)
-        if self.sampler == "sde":
-            z = _sampler.sample_sde(score, z, timesteps, schedule, generator=generator,
-                                    progress=self.progress)
-        elif self.parareal is not None:
-            z = run_config(self.parareal, score, z, timesteps, schedule,
-                           fine_method=self.ode_method, progress=self.progress)
-        else:
-            z = _sampler.sample_ode(score, z, timesteps, schedule, method=self.ode_method,
-                                    progress=self.progress)
+        z = sampler(score, z, timesteps, schedule, generator=generator, progress=self.progress)
         return (z.detach() * sd + mu).reshape(m, *state_shape)

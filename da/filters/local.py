@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
+from tfda.geo import great_circle_km as great_circle_distance
+
 DistanceFn = Callable[[torch.Tensor, Any], torch.Tensor]
-EARTH_RADIUS_KM = 6371.0
 _GC_SCALE = math.sqrt(10.0 / 3.0)
 
 
@@ -49,16 +50,6 @@ def periodic_distance(n: int) -> DistanceFn:
         return torch.minimum(d, n - d)
 
     return distance
-
-
-def great_circle_distance(
-    lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon2: torch.Tensor
-) -> torch.Tensor:
-    """Great-circle distance in km between points in degrees (haversine), broadcasting."""
-    p1, p2 = torch.deg2rad(lat1), torch.deg2rad(lat2)
-    dp, dl = p2 - p1, torch.deg2rad(lon2 - lon1)
-    a = torch.sin(dp / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dl / 2) ** 2
-    return 2.0 * EARTH_RADIUS_KM * torch.asin(a.clamp(0.0, 1.0).sqrt())
 
 
 def grid_distance(lat: torch.Tensor, lon: torch.Tensor) -> DistanceFn:

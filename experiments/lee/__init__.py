@@ -4,7 +4,7 @@ Day 0 = 2023-09-08 00 UTC; observations on Days -3, -2, -1 and 0 are the truth p
 correlated perturbations (observations.synthetic); 20 members. The EnSF ensemble is
 cycled forecast -> analysis from Day -3 to Day 0; the baseline is the Day 0
 observations plus draws of the same error model. Both are forecast 8 days as one
-batch, tracked on the fly (models.tracking) and compared with the tracked truth: per
+batch, tracked on the fly (diagnostics.tracking) and compared with the tracked truth: per
 lead day the great-circle error of the ensemble-mean position, the area of the
 q-quantile covariance ellipse, whether the truth lies inside it, and the spread.
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
+from tfda.diagnostics.tracking import TrackerConfig
 from tfda.experiments import rundir
 from tfda.experiments.config import build, parse_device
 from tfda.experiments.fit_lee_steering import VORTEX, analogue_model, load_fitted
-from tfda.models.tracking import TrackerConfig
 
 TRACK_VARIABLES = ("msl", "u850", "v850")
 

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from tfda.diagnostics.tracking import StormTracker
 from tfda.experiments.lee.config import TRACK_VARIABLES, LeeConfig
 from tfda.experiments.lee.sources import best_track, check_finite, load_era5, load_model, model_spec
 from tfda.experiments.lee.stations import station_operator
-from tfda.models.tracking import EARTH_RADIUS_KM, StormTracker
+from tfda.geo import KM_PER_DEG
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def correlated_error_factor(length_km: float, lat: torch.Tensor, lon: torch.Tens
     conservative R for a filter that cannot invert the full one."""
     lat = torch.as_tensor(lat, dtype=torch.float64)
     lon = torch.as_tensor(lon, dtype=torch.float64)
-    km_per_deg = math.pi * EARTH_RADIUS_KM / 180.0
+    km_per_deg = KM_PER_DEG
     dy = km_per_deg * float((lat[1:] - lat[:-1]).abs().mean())
     dx = km_per_deg * float((lon[1:] - lon[:-1]).abs().mean()) * math.cos(
         math.radians(float(lat.mean())))

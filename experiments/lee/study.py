@@ -16,14 +16,16 @@ from typing import Any
 
 import torch
 
+from tfda.diagnostics.track_metrics import lead_day_metrics
+from tfda.diagnostics.tracking import StormTracker
 from tfda.experiments import rundir
 from tfda.experiments.cycle import model_coords
 from tfda.experiments.factories import make_filter
 from tfda.experiments.lee.config import TRACK_VARIABLES, LeeConfig
 from tfda.experiments.lee.inputs import prepare_inputs, steps_in
 from tfda.experiments.lee.io import begin_run, finish_run, write_outputs
-from tfda.experiments.plot_tracks import lead_day_metrics, plot_run
-from tfda.models.tracking import StormTracker, great_circle_km
+from tfda.experiments.plot_tracks import plot_run
+from tfda.geo import great_circle_km
 
 
 def make_ensf(cfg: LeeConfig, model: Any, group: Any = None):
@@ -33,16 +35,18 @@ def make_ensf(cfg: LeeConfig, model: Any, group: Any = None):
     from tfda.da.filters.local import grid_sites
 
     fixed: dict[str, Any] = {}
-    if cfg.parareal_slices > 0:
+    options = cfg.ensf_options()
+    if cfg.parareal_slices > 0:  # the Parareal configuration is the (ODE) sampler
+        options.pop("sampler")
         from tfda.da.parareal import ParallelConfig
 
-        fixed["parareal"] = ParallelConfig(n_slices=cfg.parareal_slices,
-                                           mode=cfg.parareal_mode, slice_group=group)
+        fixed["sampler"] = ParallelConfig(n_slices=cfg.parareal_slices,
+                                          mode=cfg.parareal_mode, slice_group=group)
     if cfg.ensf_score == "kernel" and cfg.ensf_radius_km is not None:
         fixed.update(radius=cfg.ensf_radius_km, distance=grid_distance(model.lat, model.lon))
         if not cfg.observes_stations:  # H = I: one local analysis per grid column
             fixed["sites"] = grid_sites(model.lat, model.lon, len(model.variables))
-    return make_filter("ensf", cfg.ensf_options(), where="ensf options", fixed=fixed)
+    return make_filter("ensf", options, where="ensf options", fixed=fixed)
 
 
 def cycle_to_day0(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None, *,

@@ -10,12 +10,12 @@ shape (1, 21, 1, 1) whose first 20 entries normalise the 20 input channels.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tfda._io import atomic_path
 from tfda.models.fourcastnet.afno import AFNOConfig, AFNONet
 
 __all__ = ["load_normalisation", "load_state_dict", "load_weights", "save_checkpoint"]
@@ -83,14 +83,8 @@ def save_checkpoint(net: AFNONet, path: str | os.PathLike[str], *, ddp_prefix: b
     p = Path(path)
     prefix = "module." if ddp_prefix else ""
     state = {prefix + k: v.detach().cpu() for k, v in net.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         torch.save({"model_state": state, "iters": 0, "epoch": 0}, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return p
 
 

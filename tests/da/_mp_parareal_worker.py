@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tfda.da import distributed  # noqa: E402
-from tfda.da.parareal import parareal  # noqa: E402
+from tfda.da.parareal import ParallelConfig, parareal  # noqa: E402
 from tfda.da.sampler import time_grid  # noqa: E402
 from tfda.da.schedule import Schedule  # noqa: E402
 from tfda.da.score import mixture_score  # noqa: E402
@@ -59,16 +59,20 @@ def case_parareal(ctx: distributed.DistContext, out: Path) -> None:
     score = lambda zz, t: mixture_score(zz, x0, t, SCHEDULE)  # noqa: E731
     for method in ("euler", "heun"):
         for tol in (1e-30, 0.1):
-            res, info = parareal(score, z, ts, SCHEDULE, n_slices=grid.n_slices, tol=tol,
-                                 mode="distributed", fine_method=method,
-                                 slice_group=grid.slice_group)
+            res, info = parareal(score, z, ts, SCHEDULE,
+                                 config=ParallelConfig(n_slices=grid.n_slices, tol=tol,
+                                                       mode="distributed", fine_method=method,
+                                                       slice_group=grid.slice_group))
             results[f"full/{method}/{tol}"] = (res, info)
-    res0, info0 = parareal(score, z, ts, SCHEDULE, n_slices=grid.n_slices, tol=1e-30,
-                           mode="distributed", slice_group=grid.slice_group, result_on=0)
+    res0, info0 = parareal(score, z, ts, SCHEDULE,
+                           config=ParallelConfig(n_slices=grid.n_slices, tol=1e-30,
+                                                 mode="distributed", slice_group=grid.slice_group,
+                                                 result_on=0))
     results["result_on0"] = (res0, info0)
     try:  # more ranks in slice_group than slices: refused before any work
-        parareal(score, z, ts, SCHEDULE, n_slices=2, mode="distributed",
-                 slice_group=grid.slice_group)
+        parareal(score, z, ts, SCHEDULE,
+                 config=ParallelConfig(n_slices=2, mode="distributed",
+                                       slice_group=grid.slice_group))
         results["mismatch"] = ""
     except ValueError as err:
         results["mismatch"] = str(err)
@@ -77,9 +81,10 @@ def case_parareal(ctx: distributed.DistContext, out: Path) -> None:
     sl = distributed.shard_range(z.shape[1], 2, sgrid.shard_index)
     xs = x0[:, sl].contiguous()
     sscore = lambda zz, t: mixture_score(zz, xs, t, SCHEDULE, group=sgrid.shard_group)  # noqa: E731
-    res, info = parareal(sscore, z[:, sl].contiguous(), ts, SCHEDULE, n_slices=2, tol=1e-30,
-                         mode="distributed", slice_group=sgrid.slice_group,
-                         shard_group=sgrid.shard_group)
+    res, info = parareal(sscore, z[:, sl].contiguous(), ts, SCHEDULE,
+                         config=ParallelConfig(n_slices=2, tol=1e-30, mode="distributed",
+                                               slice_group=sgrid.slice_group,
+                                               shard_group=sgrid.shard_group))
     results["sharded"] = (res, info, sl.start, sl.stop)
     _save(results, out / f"rank{ctx.rank}.pt")
     case_context(ctx, out)
@@ -98,9 +103,10 @@ def case_kill(ctx: distributed.DistContext, out: Path, *, hang: bool = False) ->
 
     start = time.monotonic()
     try:
-        parareal(score, z, ts, SCHEDULE, n_slices=grid.n_slices, tol=1e-30,
-                 mode="distributed", slice_group=grid.slice_group,
-                 coarse=lambda s, zz, g, sch: zz + 0.0)
+        parareal(score, z, ts, SCHEDULE,
+                 config=ParallelConfig(n_slices=grid.n_slices, tol=1e-30, mode="distributed",
+                                       slice_group=grid.slice_group,
+                                       coarse=lambda s, zz, g, sch: zz + 0.0))
         status, message = "finished", ""
     except Exception as err:  # noqa: BLE001 -- the test wants whatever was raised
         status, message = "raised", f"{type(err).__name__}: {err}"

@@ -169,7 +169,7 @@ def run_grid_checks() -> dict[str, object]:
     world must fail at set-up on every rank.
     """
     from tfda.da.distributed import make_grid
-    from tfda.da.parareal import parareal
+    from tfda.da.parareal import ParallelConfig, parareal
 
     result: dict[str, object] = {}
     errors = []
@@ -192,10 +192,11 @@ def run_grid_checks() -> dict[str, object]:
         x_loc, z_loc = (local_shard(a, 2, grid.shard_index) for a in (x0, z))
         ref = sample_ode(sharded_score(x0, group=None, schedule=SCHEDULE), z, times, SCHEDULE,
                          progress=False)
-        out, info = parareal(
-            sharded_score(x_loc, group=grid.shard_group, schedule=SCHEDULE), z_loc, times,
-            SCHEDULE, n_slices=grid.n_slices, tol=1e-300, mode="distributed",
-            slice_group=grid.slice_group, shard_group=grid.shard_group)
+        out, info = parareal(sharded_score(x_loc, group=grid.shard_group, schedule=SCHEDULE), z_loc,
+                             times, SCHEDULE,
+                             config=ParallelConfig(n_slices=grid.n_slices, tol=1e-300,
+                                                   mode="distributed", slice_group=grid.slice_group,
+                                                   shard_group=grid.shard_group))
         result[f"parareal_{name}"] = _rel_dev(out, local_shard(ref, 2, grid.shard_index),
                                               dist.group.WORLD)
         result[f"parareal_iterations_{name}"] = info.iterations

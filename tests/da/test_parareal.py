@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tfda.da.parareal import ParallelConfig, PararealInfo, parareal, run_config
+from tfda.da.parareal import ParallelConfig, PararealInfo, parareal
 from tfda.da.sampler import ode_step, sample_ode, time_grid
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score
@@ -60,8 +60,9 @@ def test_linear_ode_full_iterations_equal_fine_solve(mode, method, n_slices) -> 
     z = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ts = time_grid(12, t_start=1.0, t_end=0.05)
     ref = sample_ode(gauss_score, z, ts, SCH, method=method, progress=False)
-    out, info = parareal(gauss_score, z, ts, SCH, n_slices=n_slices, tol=1e-300, mode=mode,
-                         fine_method=method)
+    out, info = parareal(gauss_score, z, ts, SCH,
+                         config=ParallelConfig(n_slices=n_slices, tol=1e-300, mode=mode,
+                                               fine_method=method))
     assert info.iterations == n_slices and info.converged
     assert (out - ref).abs().max() < 1e-10
     # and the fine solve itself approximates the analytic flow (Heun: second order)
@@ -73,11 +74,13 @@ def test_linear_ode_full_iterations_equal_fine_solve(mode, method, n_slices) -> 
 def test_exact_fine_propagator_gives_the_analytic_solution(mode) -> None:
     z = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ts = time_grid(8, t_end=0.02)
-    out, info = parareal(gauss_score, z, ts, SCH, n_slices=4, tol=1e-300, mode=mode,
-                         fine=exact_propagator)
+    out, info = parareal(gauss_score, z, ts, SCH,
+                         config=ParallelConfig(n_slices=4, tol=1e-300, mode=mode,
+                                               fine=exact_propagator))
     assert (out - gauss_flow(z, 1.0, 0.02)).abs().max() < 1e-10
     # the coarse Euler sweep alone is far off: Parareal did the work
-    coarse, _ = parareal(gauss_score, z, ts, SCH, n_slices=4, tol=1e-300, max_iters=0)
+    coarse, _ = parareal(gauss_score, z, ts, SCH,
+                         config=ParallelConfig(n_slices=4, tol=1e-300, max_iters=0))
     assert (coarse - gauss_flow(z, 1.0, 0.02)).abs().max() > 1e-3
     assert info.update_norms[0] > 1e-3
 
@@ -88,8 +91,9 @@ def test_mixture_full_iterations_equal_fine_solve(mixture, mode, method) -> None
     score, z, ts = mixture
     ref = sample_ode(score, z, ts, SCHEDULE, method=method, progress=False)
     for n_slices in (2, 4, 8):
-        out, info = parareal(score, z, ts, SCHEDULE, n_slices=n_slices, tol=1e-300, mode=mode,
-                             fine_method=method)
+        out, info = parareal(score, z, ts, SCHEDULE,
+                             config=ParallelConfig(n_slices=n_slices, tol=1e-300, mode=mode,
+                                                   fine_method=method))
         assert info.iterations == n_slices
         assert (out - ref).abs().max() < 1e-10
 
@@ -99,12 +103,14 @@ def test_tolerance_stops_early_with_error_of_its_order(mixture, mode) -> None:
     score, z, ts = mixture
     ref = sample_ode(score, z, ts, SCHEDULE, progress=False)
     for tol in (1e-2, 1e-4):
-        out, info = parareal(score, z, ts, SCHEDULE, n_slices=8, tol=tol, mode=mode)
+        out, info = parareal(score, z, ts, SCHEDULE,
+                             config=ParallelConfig(n_slices=8, tol=tol, mode=mode))
         assert info.converged and info.iterations < 8
         assert info.update_norms[-1] < tol <= min(info.update_norms[:-1])
         assert (out - ref).abs().max() < 10 * tol
     # an iteration cap below convergence is reported as not converged
-    _, capped = parareal(score, z, ts, SCHEDULE, n_slices=8, tol=1e-12, max_iters=2, mode=mode)
+    _, capped = parareal(score, z, ts, SCHEDULE,
+                         config=ParallelConfig(n_slices=8, tol=1e-12, max_iters=2, mode=mode))
     assert capped.iterations == 2 and not capped.converged
 
 
@@ -116,7 +122,8 @@ def test_first_k_slices_exact_and_only_the_rest_recomputed(mixture) -> None:
                      callback=lambda k, t, zz: seen.append(zz))
     for k in range(n_c + 1):
         ends: list[torch.Tensor] = []
-        _, info = parareal(score, z, ts, SCHEDULE, n_slices=n_c, tol=1e-300, max_iters=k,
+        _, info = parareal(score, z, ts, SCHEDULE,
+                           config=ParallelConfig(n_slices=n_c, tol=1e-300, max_iters=k),
                            callback=lambda step, t, zz, ends=ends: ends.append(zz))
         for i in range(k):  # after k iterations, slices 0..k-1 end exactly on the fine solve
             assert torch.equal(ends[i], seen[(i + 1) * per - 1])
@@ -133,8 +140,8 @@ def test_batched_mode_calls_the_score_once_per_fine_step_with_per_row_times(mixt
         calls.append((zz.shape[0], t))
         return score(zz, t)
 
-    _, info = parareal(spy, z, ts, SCHEDULE, n_slices=4, tol=1e-300, mode="batched",
-                       max_iters=1)
+    _, info = parareal(spy, z, ts, SCHEDULE,
+                       config=ParallelConfig(n_slices=4, tol=1e-300, mode="batched", max_iters=1))
     per = (ts.numel() - 1) // 4
     batched = [(rows, t) for rows, t in calls if rows == 4 * z.shape[0]]
     assert len(batched) == per  # the 4 slices' fine steps share one call per step
@@ -147,11 +154,12 @@ def test_batched_mode_calls_the_score_once_per_fine_step_with_per_row_times(mixt
 def test_batched_mode_on_cpu_groups_slices_by_state_bytes(mixture, monkeypatch) -> None:
     """Above CPU_BATCH_BYTES of state the batched fine solve goes in groups of slices
     (glibc would page-fault every large temporary afresh); same iterates and counts."""
-    import tfda.da.parareal as pr
+    import tfda.da.parareal_modes as pr
 
     score, z, ts = mixture
     n = z.shape[0]
-    ref, ref_info = parareal(score, z, ts, SCHEDULE, n_slices=6, tol=1e-2, mode="serial")
+    ref, ref_info = parareal(score, z, ts, SCHEDULE,
+                             config=ParallelConfig(n_slices=6, tol=1e-2, mode="serial"))
     monkeypatch.setattr(pr, "CPU_BATCH_BYTES", 2 * z.numel() * z.element_size())
     rows: list[int] = []
 
@@ -159,7 +167,8 @@ def test_batched_mode_on_cpu_groups_slices_by_state_bytes(mixture, monkeypatch) 
         rows.append(zz.shape[0])
         return score(zz, t)
 
-    out, info = parareal(spy, z, ts, SCHEDULE, n_slices=6, tol=1e-2, mode="batched")
+    out, info = parareal(spy, z, ts, SCHEDULE,
+                         config=ParallelConfig(n_slices=6, tol=1e-2, mode="batched"))
     assert (out - ref).abs().max() < 1e-10
     assert info.iterations == ref_info.iterations < 6
     assert info.update_norms == pytest.approx(ref_info.update_norms, rel=1e-8)
@@ -170,8 +179,9 @@ def test_batched_mode_on_cpu_groups_slices_by_state_bytes(mixture, monkeypatch) 
 def test_sample_ode_switch(mixture) -> None:
     score, z, ts = mixture
     infos: list[PararealInfo] = []
-    cfg = ParallelConfig(n_slices=4, tol=1e-300, mode="batched", on_info=infos.append)
-    out = run_config(cfg, score, z, ts, SCHEDULE, fine_method="heun")
+    cfg = ParallelConfig(n_slices=4, tol=1e-300, mode="batched", fine_method="heun",
+                         on_info=infos.append)
+    out = cfg(score, z, ts, SCHEDULE)
     ref = sample_ode(score, z, ts, SCHEDULE, method="heun", progress=False)
     assert (out - ref).abs().max() < 1e-10
     assert len(infos) == 1 and infos[0].iterations == 4
@@ -185,11 +195,14 @@ def test_custom_coarse_propagator_and_coarse_steps(mixture) -> None:
     def heun_coarse(sc, zz, grid, schedule):
         return ode_step(sc, zz, float(grid[0]), float(grid[-1]), schedule, "heun")
 
-    _, plain = parareal(score, z, ts, SCHEDULE, n_slices=4, tol=1e-300, max_iters=2)
-    out, info = parareal(score, z, ts, SCHEDULE, n_slices=4, tol=1e-300, coarse=heun_coarse)
+    _, plain = parareal(score, z, ts, SCHEDULE,
+                        config=ParallelConfig(n_slices=4, tol=1e-300, max_iters=2))
+    out, info = parareal(score, z, ts, SCHEDULE,
+                         config=ParallelConfig(n_slices=4, tol=1e-300, coarse=heun_coarse))
     assert (out - ref).abs().max() < 1e-10
-    out3, info3 = parareal(score, z, ts, SCHEDULE, n_slices=4, tol=1e-300, coarse_steps=3,
-                           max_iters=2)
+    out3, info3 = parareal(score, z, ts, SCHEDULE,
+                           config=ParallelConfig(n_slices=4, tol=1e-300, coarse_steps=3,
+                                                 max_iters=2))
     # a finer coarse propagator corrects faster
     assert info3.update_norms[1] < plain.update_norms[1]
     assert info3.coarse_evals == 3 * plain.coarse_evals
@@ -217,9 +230,9 @@ def _never_called(z, t):
 def test_bad_configuration_raises_before_any_work(kwargs, match) -> None:
     z = torch.zeros(3, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match=match):
-        parareal(_never_called, z, time_grid(12), SCH, **kwargs)
+        parareal(_never_called, z, time_grid(12), SCH, config=ParallelConfig(**kwargs))
     with pytest.raises(ValueError, match="timesteps"):
-        parareal(_never_called, z, torch.tensor([0.5, 0.7]), SCH, n_slices=1)
+        parareal(_never_called, z, torch.tensor([0.5, 0.7]), SCH, config=ParallelConfig(n_slices=1))
 
 
 def _check_distributed(out: Path, launcher: str) -> None:
@@ -227,7 +240,8 @@ def _check_distributed(out: Path, launcher: str) -> None:
     score = lambda zz, t: mixture_score(zz, x0, t, SCHEDULE)  # noqa: E731
     refs = {m: sample_ode(score, z, ts, SCHEDULE, method=m, progress=False)
             for m in ("euler", "heun")}
-    serial = {m: parareal(score, z, ts, SCHEDULE, n_slices=4, tol=0.1, fine_method=m)[1]
+    serial = {m: parareal(score, z, ts, SCHEDULE,
+                          config=ParallelConfig(n_slices=4, tol=0.1, fine_method=m))[1]
               for m in ("euler", "heun")}
     for rank in range(4):
         res = _launch.load_pt(out, rank)

@@ -257,3 +257,36 @@ def test_samplers_allocate_only_the_score_per_step_and_leave_z_alone(kind):
     again = run(lambda k, t, zz: kept.append(zz))
     assert torch.equal(again, out) and torch.equal(kept[-1], out)
     assert len({x.data_ptr() for x in kept}) == len(kept)
+
+
+def test_sampler_objects_run_the_samplers_and_the_shortcuts_name_them():
+    from tfda.da.parareal import ParallelConfig
+    from tfda.da.sampler import ODE, SDE, Sampler, as_sampler
+
+    sch = Schedule(eps_a=0.05)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    z = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    ts = time_grid(12, t_end=0.05)
+
+    def score(zz, t):
+        return mixture_score(zz, x0, t, sch)
+
+    heun = ODE("heun")(score, z, ts, sch)
+    assert torch.equal(heun, sample_ode(score, z, ts, sch, method="heun", progress=False))
+    assert not torch.equal(heun, ODE()(score, z, ts, sch))
+    sde = SDE()(score, z, ts, sch, generator=torch.Generator().manual_seed(5))
+    ref = sample_sde(score, z, ts, sch, generator=torch.Generator().manual_seed(5),
+                     progress=False)
+    assert torch.equal(sde, ref)
+    assert as_sampler("sde") == SDE() and as_sampler("ode") == ODE("euler")
+    assert (SDE.ode, ODE.ode, SDE.row_wise, ODE.row_wise) == (False, True, False, False)
+    para = ParallelConfig(n_slices=3)
+    assert isinstance(para, Sampler) and as_sampler(para) is para
+    assert para.ode and para.row_wise and para.steps_multiple == 3
+    with pytest.raises(ValueError, match="sampler must be 'sde', 'ode'"):
+        as_sampler("heun")
+    with pytest.raises(ValueError, match="sampler must be"):
+        as_sampler(42)
+    with pytest.raises(ValueError, match="method"):
+        ODE("rk4")

@@ -74,6 +74,14 @@ def test_check_call_and_fixed_values():
     with pytest.raises(UserError, match=r"model.options.nx: expected an integer, got '8'"):
         check_call(factory, {"nx": "8"}, "model.options")
 
+
+def test_ensf_sampler_shortcuts_come_through_a_configuration():
+    from tfda.da.filters import EnSF
+
+    assert check_call(EnSF, {"sampler": "ode"}, "filter.options") == {"sampler": "ode"}
+    with pytest.raises(UserError, match=r"filter.options.sampler: expected one of 'sde', 'ode'"):
+        check_call(EnSF, {"sampler": "heun"}, "filter.options")
+
     @dataclass(frozen=True)
     class WithCallable:
         radius: float = 1.0

@@ -10,8 +10,8 @@ import pytest
 
 from tfda.experiments import fit_lee_steering as fls
 from tfda.experiments import lee
+from tfda.geo import great_circle_km
 from tfda.models.barotropic import BarotropicConfig
-from tfda.models.tracking import great_circle_km
 from tfda.observations.besttrack import lee2023
 
 LIMIT_KM = 250.0

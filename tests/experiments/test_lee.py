@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tfda.experiments import lee
-from tfda.models.tracking import great_circle_km
+from tfda.geo import great_circle_km
 
 TINY_ANALOGUE = {
     "members": 4, "forecast_days": 1, "obs_days": [-1, 0], "ensf_steps": 20,

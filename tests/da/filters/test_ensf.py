@@ -10,6 +10,7 @@ import torch
 
 from tfda.da.filters import EnSF, MaskedObservationWarning
 from tfda.da.parareal import ParallelConfig
+from tfda.da.sampler import ODE
 from tfda.observations.operators import Identity, Subset
 
 
@@ -118,7 +119,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="prior_ensemble holds non-finite"):
         EnSF(steps=2).analysis(prior * float("nan"), y, Identity(1.0))
     for bad in ({"score": "other"}, {"steps": 0}, {"eps_a": 0.0}, {"inflation": 0.5},
-                {"sampler": "sde", "parareal": object()}):
+                {"sampler": object()}):
         with pytest.raises(ValueError):
             EnSF(**bad)
 
@@ -132,10 +133,29 @@ def test_parareal_passthrough_matches_serial_ode():
     for mode in ("serial", "batched"):  # batched stacks slices: needs a row-wise score
         # n_slices iterations reproduce the serial fine solve (Parareal's exactness).
         config = ParallelConfig(n_slices=2, tol=1e-12, max_iters=2, mode=mode)
-        para = EnSF(**kw, parareal=config).analysis(prior, y, Identity(1.0))
+        para = EnSF(**{**kw, "sampler": config}).analysis(prior, y, Identity(1.0))
         torch.testing.assert_close(para, serial, rtol=1e-9, atol=1e-9)
     # The stable grid is padded to equal slices (here 9 stable steps -> 10).
     config = ParallelConfig(n_slices=2, tol=1e-12, max_iters=2)
-    padded = EnSF(**{**kw, "stable_grid": True}, parareal=config).analysis(
+    padded = EnSF(**{**kw, "stable_grid": True, "sampler": config}).analysis(
         prior, y, Identity(0.05))
     assert bool(torch.isfinite(padded).all())
+
+
+def test_sampler_option_takes_strategy_objects_and_string_shortcuts():
+    prior = _gaussian_prior(6, 4, 0.0, 1.0, seed=9)
+    y = torch.zeros(4, dtype=torch.float64)
+    kw = {"score": "mixture", "steps": 8, "seed": 1, "stable_grid": False}
+
+    def run(sampler):
+        return EnSF(**kw, sampler=sampler).analysis(prior, y, Identity(1.0))
+
+    assert torch.equal(run("ode"), run(ODE()))
+    heun = run(ODE("heun"))
+    assert bool(torch.isfinite(heun).all()) and not torch.equal(heun, run("ode"))
+    assert EnSF(**kw, sampler=ODE("heun")).settings()["sampler"] == "ODE(method='heun')"
+    assert EnSF(**kw, sampler="ode").settings()["sampler"] == "ode"
+    with pytest.raises(ValueError, match="sampler must be"):
+        EnSF(sampler="heun")
+    with pytest.raises(ValueError, match="not to score='kernel'"):
+        EnSF(score="kernel", sampler=ParallelConfig(n_slices=2))

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from tfda.models.tracking import (
-    KM_PER_DEG,
+from tfda.diagnostics.tracking import (
     TrackerConfig,
     along_cross_track_error,
     bearing_deg,
     find_centres,
-    great_circle_km,
     relative_vorticity,
     track_storm,
 )
+from tfda.geo import KM_PER_DEG, great_circle_km
 
 RHO = 1.15
 

@@ -32,8 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-EARTH_RADIUS_KM = 6371.0
-KM_PER_DEG = math.pi * EARTH_RADIUS_KM / 180.0
+from tfda.geo import EARTH_RADIUS_M, KM_PER_DEG, central_angle, great_circle_km
 
 
 @dataclass(frozen=True)
@@ -66,19 +65,8 @@ class Track:
     msl_min: np.ndarray
 
 
-def great_circle_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Haversine distance in km between points given in degrees (broadcasting)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dl = np.radians(np.asarray(lon2) - np.asarray(lon1))
-    h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
-
-
 def _gc_deg(lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon2: torch.Tensor):
-    p1, p2 = torch.deg2rad(lat1), torch.deg2rad(lat2)
-    dl = torch.deg2rad(lon2 - lon1)
-    h = torch.sin((p2 - p1) / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dl / 2) ** 2
-    return torch.rad2deg(2 * torch.asin(torch.sqrt(h.clamp(0.0, 1.0))))
+    return torch.rad2deg(central_angle(lat1, lon1, lat2, lon2))
 
 
 def bearing_deg(lat1, lon1, lat2, lon2) -> np.ndarray:
@@ -132,7 +120,7 @@ def relative_vorticity(u: torch.Tensor, v: torch.Tensor, lat, lon) -> torch.Tens
     lat = torch.as_tensor(lat, dtype=u.dtype)
     lon = torch.as_tensor(lon, dtype=u.dtype)
     dlat, dlon, periodic = _grid(lat, lon)
-    a = EARTH_RADIUS_KM * 1e3
+    a = EARTH_RADIUS_M
     coslat = torch.cos(torch.deg2rad(lat)).clamp_min(1e-6)[:, None]
     dl, dp = math.radians(dlon), math.radians(dlat)
     if periodic:

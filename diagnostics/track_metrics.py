@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tfda.models.tracking import KM_PER_DEG, great_circle_km
+from tfda.geo import KM_PER_DEG, great_circle_km
 
 __all__ = ["Ellipse", "ensemble_ellipse", "lead_day_metrics"]
 
