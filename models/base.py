@@ -17,6 +17,7 @@ fails when it is asked for.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -243,7 +244,10 @@ _REGISTRY: dict[str, str | Callable[..., Any]] = {
     "fourcastnet": "tfda.models.fourcastnet:load_fourcastnet",
     "barotropic": "tfda.models.barotropic:BarotropicModel",
     "lorenz96": "tfda.models.lorenz96:Lorenz96",
+    # the optional extra: any earth2studio prognostic model (tfda.interop, not the core)
+    "earth2studio": "tfda.interop.e2s_prognostic:load_model",
 }
+E2S_PREFIX = "earth2studio:"
 
 
 def register(name: str, factory: str | Callable[..., Any], *, overwrite: bool = False) -> None:
@@ -272,6 +276,9 @@ def available() -> tuple[str, ...]:
 
 
 def _resolve(name: str) -> Callable[..., Any]:
+    if name.startswith(E2S_PREFIX) and len(name) > len(E2S_PREFIX):
+        # "earth2studio:SFNO" = the "earth2studio" entry with model="SFNO"
+        return functools.partial(_resolve("earth2studio"), name[len(E2S_PREFIX):])
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(available())}")
     factory = _REGISTRY[name]
