@@ -94,8 +94,10 @@ class E2SForecastModel:
     def __init__(self, model: Any, *, time: Any = None, initial_state: str | None = None,
                  initial_time: str | None = None) -> None:
         if not isinstance(model, PrognosticModel):
+            missing = [m for m in ("__call__", "create_iterator", "input_coords",
+                                   "output_coords", "to") if not hasattr(model, m)]
             raise TypeError(f"model must be an earth2studio PrognosticModel, got "
-                            f"{type(model).__name__}")
+                            f"{type(model).__name__} (missing {missing})")
         self.model = model
         coords = model.input_coords()
         self._leading = _leading_dims(coords)
@@ -216,13 +218,16 @@ def read_state(path: str | Path, model: Any, *, time: str | None = None) -> torc
             raise ValueError(f"initial_state {path}: variable(s) {missing} absent "
                              f"(file has {have})")
         da = da.sel(variable=list(model.variables)).transpose(*_STATE_DIMS)
-        check_grid(model, torch.as_tensor(da["lat"].values), torch.as_tensor(da["lon"].values))
+        check_grid(model, torch.tensor(np.array(da["lat"].values, dtype=np.float64)),
+                   torch.tensor(np.array(da["lon"].values, dtype=np.float64)))
         return torch.as_tensor(np.asarray(da.values, dtype=np.float32))[None]
 
 
-def model_class(name: str) -> type:
-    """earth2studio's prognostic class ``name`` ("SFNO", "Persistence", ...), or a
-    ``"package.module:Class"`` of the user's own."""
+def model_class(name: str | type) -> type:
+    """earth2studio's prognostic class ``name`` ("SFNO", "Persistence", ...), a
+    ``"package.module:Class"`` of the user's own, or the class itself."""
+    if isinstance(name, type):
+        return name
     if ":" in name:
         module_name, attr = name.split(":", 1)
         module = importlib.import_module(module_name)
@@ -251,7 +256,7 @@ def _has_own_loader(cls: type, mixin: type) -> bool:
     return cls.load_model.__func__ is not mixin.__dict__["load_model"].__func__
 
 
-def load_model(model: str, *, package: str | None = None,
+def load_model(model: str | type, *, package: str | None = None,
                model_options: dict[str, Any] | None = None, time: str | None = None,
                initial_state: str | None = None, initial_time: str | None = None,
                device: str = "cpu") -> E2SForecastModel:
