@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"da": "tfda.da", "models": "tfda.models", "observations": "tfda.observations",
-            "experiments": "tfda.experiments"}
+            "experiments": "tfda.experiments", "interop": "tfda.interop"}
 
 
 def _modules() -> dict[str, Path]:
