@@ -53,7 +53,10 @@ def _leading_dims(coords: CoordSystem) -> tuple[str, ...]:
         raise ValueError(f"earth2studio model: input dimensions {list(dims)} do not end with "
                          f"{list(_STATE_DIMS)}; tfda states are (member, variable, lat, lon) "
                          "on a lat/lon grid")
-    middle = dims[1:-3] if dims[0] == "batch" else dims[:-3]
+    if dims[0] != "batch":
+        raise ValueError(f"earth2studio model: input dimensions {list(dims)} have no leading "
+                         "'batch' dimension, where the adapter passes the members")
+    middle = dims[1:-3]
     for name in middle:
         if name not in _LEADING:
             raise ValueError(f"earth2studio model: input dimension {name!r} has no tfda "
@@ -161,8 +164,8 @@ class E2SForecastModel:
         check_state(self, x)
         m = x.shape[0]
         shape = (m, *([1] * len(self._leading)), *x.shape[1:])
-        param = next(iter(getattr(self.model, "parameters", lambda: iter(()))()), None)
-        xin = x if param is None or not param.is_floating_point() else x.to(param.dtype)
+        dtype = self._weights_dtype()
+        xin = x if dtype is None else x.to(dtype)
         with torch.no_grad():
             out, _ = self.model(xin.reshape(shape), self._call_coords(m))
         if out.numel() != x.numel():
@@ -172,6 +175,12 @@ class E2SForecastModel:
         # models run under torch.inference_mode return inference tensors, which autograd
         # (the EnSF's score) cannot use; clone makes an ordinary tensor with the same bits
         return out.clone() if out.is_inference() else out
+
+    def _weights_dtype(self) -> torch.dtype | None:
+        """The dtype of the model's first floating-point weight (None: no weights)."""
+        params = getattr(self.model, "parameters", None)
+        first = next(iter(params()), None) if callable(params) else None
+        return first.dtype if first is not None and first.is_floating_point() else None
 
     def spin_up(self, n_steps: int = 0, *, generator: torch.Generator | None = None
                 ) -> torch.Tensor:

@@ -157,6 +157,13 @@ class _Coarsened(Advect):
         return out
 
 
+class _NoBatch(Advect):
+    def input_coords(self):
+        coords = super().input_coords()
+        del coords["batch"]
+        return coords
+
+
 def test_handshake_errors_name_the_dimension():
     with pytest.raises(ValueError, match="lead_time takes 2 history steps"):
         E2SForecastModel(_persistence(history=2))
@@ -165,6 +172,8 @@ def test_handshake_errors_name_the_dimension():
         E2SForecastModel(hrrr)
     with pytest.raises(ValueError, match=r"variable coordinates differ .*\['t2m'\].*\['v10m'\]"):
         E2SForecastModel(_Renamed(1, VARS))
+    with pytest.raises(ValueError, match="no leading 'batch' dimension"):
+        E2SForecastModel(_NoBatch(1, VARS))
     with pytest.raises(ValueError, match="lat grid of the output"):
         E2SForecastModel(_Coarsened(1, VARS))
     model = E2SForecastModel(_persistence())
