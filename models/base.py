@@ -8,7 +8,9 @@ runs a model (the filters, the cycle, the Lee study) talks to this protocol
 only, so FourCastNet, the barotropic analogue and Lorenz-96 are interchangeable.
 
 Models are found by name: ``models.load("barotropic")``,
-``models.load("fourcastnet", weights="/path/to/dir")``, ``models.load("lorenz96")``.
+``models.load("fourcastnet", weights="/path/to/dir")``, ``models.load("lorenz96")``;
+with the optional extra, any earth2studio prognostic model: ``models.load("earth2studio:SFNO")``
+(tfda.interop.e2s_prognostic; docs/earth2studio.md).
 Entries are stored as ``"module:attribute"`` strings and imported on first use,
 so registering a model costs nothing and a model whose module is absent only
 fails when it is asked for.
