@@ -112,13 +112,21 @@ def check_channels(tensor: torch.Tensor, coords: dict) -> None:
 
 
 def _download_arco(times: list[datetime], out: str, channels: list[str],
-                   allow_any_grid: bool) -> int:
+                   allow_any_grid: bool, *, dry_run: bool = False) -> int:
     """``download --source arco``: earth2studio's ARCO straight to the prepared file."""
     if Path(out).is_dir():
         raise UserError(f"--out {out}: is a directory; with --source arco give the netCDF "
                         "file to write")
+    from tfda.interop.e2s_data import download_arco, source_variables  # the optional extra
+
+    if dry_run:
+        for c in channels:
+            era5.channel_spec(c)  # a channel tfda does not know is named here too
+        print(json.dumps({"source": "earth2studio.data.ARCO", "target": out,
+                          "variables": source_variables(channels),
+                          "times": [t.isoformat() for t in times]}, indent=1))
+        return 0
     check_out_dir(Path(out).parent, "--out")
-    from tfda.interop.e2s_data import download_arco  # the optional extra
 
     path, tensor, coords = download_arco(times, out, channels=channels,
                                          check_grid=not allow_any_grid,
@@ -136,13 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "download":
             times = _window(args, required=True)
             assert times is not None
+            if args.source == "arco":
+                return _download_arco(times, args.out, channels, args.allow_any_grid,
+                                      dry_run=args.dry_run)
             if args.dry_run:
                 reqs = era5.build_requests(times, channels=channels)
                 print(json.dumps([{"dataset": r.dataset, "target": r.filename,
                                    "request": r.request} for r in reqs], indent=1))
                 return 0
-            if args.source == "arco":
-                return _download_arco(times, args.out, channels, args.allow_any_grid)
             paths = era5.download(times, args.out, channels=channels, retries=args.retries,
                                   backoff_s=args.backoff, progress=not args.no_progress)
             print(f"{len(paths)} ERA5 files for {len(times)} times in {args.out}")

@@ -2,6 +2,7 @@
 the prepared netCDF the Lee study reads (grid flipped to 90 -> -90 and 0..360, relative
 humidity derived from t and q), and ``tfda era5 download --source arco`` writes it."""
 
+import json
 from datetime import datetime
 
 import numpy as np
@@ -102,6 +103,10 @@ def test_cli_download_source_arco(tmp_path, monkeypatch, capsys):
     out = tmp_path / "era5_lee.nc"
     argv = ["download", "--start", "2023-09-05", "--end", "2023-09-05T06", "--source", "arco",
             "--channels", "u10m,r850", "--allow-any-grid", "--out"]
+    assert era5_cli.main([*argv, str(out), "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["variables"] == ["u10m", "t850", "q850"] and len(plan["times"]) == 2
+    assert not out.exists()
     assert era5_cli.main([*argv, str(out)]) == 0
     tensor, coords = era5.load_prepared(out)
     assert coords["channel"] == ("u10m", "r850") and tensor.shape[0] == 2
