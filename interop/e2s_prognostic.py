@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import inspect
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +44,8 @@ __all__ = ["E2SForecastModel", "load_model", "model_class"]
 _STATE_DIMS = ("variable", "lat", "lon")
 _LEADING = ("time", "lead_time")  # the per-state dims a tfda state holds one of
 EPOCH = np.datetime64("2000-01-01T00:00", "ns")
+E2S_INSTALL_DOC = ("https://nvidia.github.io/earth2studio/userguide/about/install.html"
+                   "#optional-dependencies")
 
 
 def _leading_dims(coords: CoordSystem) -> tuple[str, ...]:
@@ -260,6 +263,21 @@ def _arrays(value: Any) -> Any:
     return value
 
 
+def _check_optional_group(cls: type) -> None:
+    """One-line ImportError when ``cls``'s module lacks its earth2studio extra (e.g. SFNO
+    needs makani, group 'sfno'), before earth2studio prints its multi-line error box."""
+    from earth2studio.utils.imports import OptionalDependencyFailure
+
+    failure = OptionalDependencyFailure.failures.get(inspect.getfile(cls))
+    if failure is not None and getattr(failure, "import_exception", None) is not None:
+        # some groups need packages from outside PyPI (SFNO's makani): point at
+        # earth2studio's own install guide rather than at a pip line that may not work
+        url = getattr(failure, "doc_url", None) or E2S_INSTALL_DOC
+        raise ImportError(f"model {cls.__name__} needs earth2studio's optional dependency "
+                          f"group {failure.group_name!r} ({failure.import_exception}); "
+                          f"install it as {url} says")
+
+
 def _has_own_loader(cls: type, mixin: type) -> bool:
     """True when ``cls`` overrides the mixin's ``load_model`` (which only raises)."""
     return cls.load_model.__func__ is not mixin.__dict__["load_model"].__func__
@@ -282,6 +300,7 @@ def load_model(model: str | type, *, package: str | None = None,
     from earth2studio.models.auto import AutoModelMixin, Package
 
     cls = model_class(model)
+    _check_optional_group(cls)
     options = _arrays(dict(model_options or {}))
     if issubclass(cls, AutoModelMixin) and _has_own_loader(cls, AutoModelMixin):
         pkg = cls.load_default_package() if package is None else Package(str(package))

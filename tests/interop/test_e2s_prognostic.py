@@ -143,6 +143,20 @@ def test_registry_names_and_unknown_models():
             "variable": VARS, "domain_coords": {"lat": LAT, "lon": LON}})
 
 
+def test_a_model_missing_its_earth2studio_extra_is_one_line(capfd):
+    import inspect
+
+    from earth2studio.models.px import SFNO
+    from earth2studio.utils.imports import OptionalDependencyFailure
+
+    if inspect.getfile(SFNO) not in OptionalDependencyFailure.failures:
+        pytest.skip("earth2studio's 'sfno' group is installed here")
+    with pytest.raises(ImportError, match=r"group 'sfno' .*install it as https://"):
+        models.load("earth2studio:SFNO")
+    captured = capfd.readouterr()
+    assert "Earth2Studio Extra Dependency Error" not in captured.out + captured.err
+
+
 class _Renamed(Advect):
     def output_coords(self, input_coords):
         out = super().output_coords(input_coords)
