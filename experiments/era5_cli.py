@@ -4,6 +4,11 @@ the files into one tidy netCDF (time, variable, lat, lon).
     tfda era5 download --lee --out data/era5            # 2023-09-05 00 .. 09-16 00 UTC, 6-hourly
     tfda era5 download --start 2023-09-05 --end 2023-09-08T18 --out data/era5 --dry-run
     tfda era5 prepare --in data/era5 --out data/era5_lee.nc
+    tfda era5 download --lee --source arco --out data/era5_lee.nc   # no CDS key; prepared file
+
+``--source arco`` reads ERA5 through earth2studio's ARCO data source (the optional
+extra ``pip install "tfda[earth2studio]"``, tfda.interop.e2s_data) and writes the
+prepared netCDF directly, so no ``prepare`` step follows.
 """
 
 from __future__ import annotations
@@ -65,9 +70,15 @@ def _parser() -> ArgumentParser:
         sp.add_argument("--channels", default=",".join(era5.FOURCASTNET_CHANNELS),
                         help="comma-separated channels (default: the 20 FourCastNet ones)")
 
-    d = sub.add_parser("download", help="retrieve ERA5 netCDF files from the CDS")
+    d = sub.add_parser("download", help="retrieve ERA5 netCDF files from the CDS (or ARCO)")
     window(d)
-    d.add_argument("--out", required=True, help="directory for the files")
+    d.add_argument("--source", choices=("cds", "arco"), default="cds",
+                   help="cds (default, needs a CDS key) or arco (earth2studio's ARCO ERA5, "
+                        "no key; writes the prepared netCDF)")
+    d.add_argument("--out", required=True,
+                   help="directory for the files (cds); the prepared netCDF file (arco)")
+    d.add_argument("--allow-any-grid", action="store_true",
+                   help="arco: skip the check for FourCastNet's 721x1440 0.25-degree grid")
     d.add_argument("--retries", type=int, default=4, help="attempts per file (default 4)")
     d.add_argument("--backoff", type=float, default=30.0, help="first retry wait, s (doubles)")
     d.add_argument("--dry-run", action="store_true", help="print the requests, fetch nothing")
@@ -100,6 +111,31 @@ def check_channels(tensor: torch.Tensor, coords: dict) -> None:
                   f"{', '.join(some[:4])}{' ...' if len(some) > 4 else ''}", file=sys.stderr)
 
 
+def _download_arco(times: list[datetime], out: str, channels: list[str],
+                   allow_any_grid: bool, *, dry_run: bool = False) -> int:
+    """``download --source arco``: earth2studio's ARCO straight to the prepared file."""
+    if Path(out).is_dir():
+        raise UserError(f"--out {out}: is a directory; with --source arco give the netCDF "
+                        "file to write")
+    from tfda.interop.e2s_data import download_arco, source_variables  # the optional extra
+
+    if dry_run:
+        for c in channels:
+            era5.channel_spec(c)  # a channel tfda does not know is named here too
+        print(json.dumps({"source": "earth2studio.data.ARCO", "target": out,
+                          "variables": source_variables(channels),
+                          "times": [t.isoformat() for t in times]}, indent=1))
+        return 0
+    check_out_dir(Path(out).parent, "--out")
+
+    path, tensor, coords = download_arco(times, out, channels=channels,
+                                         check_grid=not allow_any_grid,
+                                         validate=check_channels)
+    print(f"wrote {path}: {tuple(tensor.shape)} (time, variable, lat, lon) from ARCO, "
+          f"{str(coords['time'][0])[:16]} .. {str(coords['time'][-1])[:16]}")
+    return 0
+
+
 @command("tfda era5")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -108,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "download":
             times = _window(args, required=True)
             assert times is not None
+            if args.source == "arco":
+                return _download_arco(times, args.out, channels, args.allow_any_grid,
+                                      dry_run=args.dry_run)
             if args.dry_run:
                 reqs = era5.build_requests(times, channels=channels)
                 print(json.dumps([{"dataset": r.dataset, "target": r.filename,

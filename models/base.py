@@ -8,7 +8,9 @@ runs a model (the filters, the cycle, the Lee study) talks to this protocol
 only, so FourCastNet, the barotropic analogue and Lorenz-96 are interchangeable.
 
 Models are found by name: ``models.load("barotropic")``,
-``models.load("fourcastnet", weights="/path/to/dir")``, ``models.load("lorenz96")``.
+``models.load("fourcastnet", weights="/path/to/dir")``, ``models.load("lorenz96")``;
+with the optional extra, any earth2studio prognostic model: ``models.load("earth2studio:SFNO")``
+(tfda.interop.e2s_prognostic; docs/earth2studio.md).
 Entries are stored as ``"module:attribute"`` strings and imported on first use,
 so registering a model costs nothing and a model whose module is absent only
 fails when it is asked for.
@@ -17,6 +19,7 @@ fails when it is asked for.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -243,7 +246,10 @@ _REGISTRY: dict[str, str | Callable[..., Any]] = {
     "fourcastnet": "tfda.models.fourcastnet:load_fourcastnet",
     "barotropic": "tfda.models.barotropic:BarotropicModel",
     "lorenz96": "tfda.models.lorenz96:Lorenz96",
+    # the optional extra: any earth2studio prognostic model (tfda.interop, not the core)
+    "earth2studio": "tfda.interop.e2s_prognostic:load_model",
 }
+E2S_PREFIX = "earth2studio:"
 
 
 def register(name: str, factory: str | Callable[..., Any], *, overwrite: bool = False) -> None:
@@ -272,6 +278,9 @@ def available() -> tuple[str, ...]:
 
 
 def _resolve(name: str) -> Callable[..., Any]:
+    if name.startswith(E2S_PREFIX) and len(name) > len(E2S_PREFIX):
+        # "earth2studio:SFNO" = the "earth2studio" entry with model="SFNO"
+        return functools.partial(_resolve("earth2studio"), name[len(E2S_PREFIX):])
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(available())}")
     factory = _REGISTRY[name]

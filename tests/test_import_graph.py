@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"tfda": "tfda", "da": "tfda.da", "models": "tfda.models",
             "observations": "tfda.observations", "diagnostics": "tfda.diagnostics",
-            "experiments": "tfda.experiments"}
+            "experiments": "tfda.experiments", "interop": "tfda.interop"}
 ROOT_MODULES = {"tfda", "tfda.geo", "tfda._io"}
 
 
