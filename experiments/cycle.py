@@ -147,8 +147,7 @@ def load_config(path: str | os.PathLike) -> CycleConfig:
                 raise UserError(f"[{key}]: missing table (it needs at least a name)")
         cfg = build(CycleConfig, data)
         from tfda import models
-        if cfg.model.name not in models.available() and not cfg.model.name.startswith(
-                models.base.E2S_PREFIX):  # "earth2studio:SFNO": the optional extra
+        if not models.base.is_registered(cfg.model.name):
             raise UserError(f"model.name: unknown model {cfg.model.name!r}; registered: "
                             f"{', '.join(models.available())}")
         from tfda.models.base import _resolve

@@ -277,6 +277,12 @@ def available() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def is_registered(name: str) -> bool:
+    """Whether :func:`load` knows ``name``: a registry entry, or ``earth2studio:NAME``
+    (the optional extra; whether NAME exists is known only when it is loaded)."""
+    return name in _REGISTRY or (name.startswith(E2S_PREFIX) and len(name) > len(E2S_PREFIX))
+
+
 def _resolve(name: str) -> Callable[..., Any]:
     if name.startswith(E2S_PREFIX) and len(name) > len(E2S_PREFIX):
         # "earth2studio:SFNO" = the "earth2studio" entry with model="SFNO"

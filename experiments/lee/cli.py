@@ -70,7 +70,8 @@ def _parser() -> ArgumentParser:
     src.add_argument("--era5", metavar="PATH", help="ERA5 from `tfda era5` (file or directory)")
     p.add_argument("--weights", metavar="DIR",
                    help="FourCastNet weights: backbone.ckpt, global_means.npy, global_stds.npy")
-    p.add_argument("--model", help="registered model name (default: barotropic/fourcastnet)")
+    p.add_argument("--model", help="registered model name, e.g. earth2studio:SFNO with --era5 "
+                   "(default: barotropic / fourcastnet)")
     p.add_argument("--config", metavar="TOML",
                    help="LeeConfig overrides ([lee] table or top level)")
     p.add_argument("--out", metavar="DIR",

@@ -81,6 +81,9 @@ class LeeConfig:
     era5: str | None = None
     weights: str | None = None
     afno: dict[str, Any] = field(default_factory=dict)  # AFNOConfig overrides
+    # era5 mode, a model other than fourcastnet: models.load(model, **model_options), e.g.
+    # model = "earth2studio:SFNO" (the tfda[earth2studio] extra; docs/earth2studio.md)
+    model_options: dict[str, Any] = field(default_factory=dict)
     best_track: str | None = "auto"
     device: str = "auto"
     # CPU threads for the analogue: its FFTs are tiny, where extra threads only add

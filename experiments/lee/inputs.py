@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -168,7 +169,8 @@ def prepare_inputs(cfg: LeeConfig) -> LeeInputs:
         truth, track, first_guess, best = analogue_truth(cfg, model, spd)
     else:
         truth, track, first_guess, best = era5_truth(cfg, model, spd)
-        model = load_model(cfg)
+        if isinstance(model, SimpleNamespace):  # model_spec only described FourCastNet
+            model = load_model(cfg)
     return LeeInputs(model, observe_truth(cfg, model, truth), track, first_guess, best)
 
 

@@ -47,7 +47,7 @@ def afno_config(cfg: LeeConfig):
 
 def load_model(cfg: LeeConfig, *, build: bool = True):
     from tfda import models
-    if cfg.model not in models.available():
+    if not models.base.is_registered(cfg.model):
         known = ", ".join(models.available())
         raise ValueError(f"unknown model {cfg.model!r}; registered: {known}")
     if cfg.mode == "analogue":
@@ -57,6 +57,13 @@ def load_model(cfg: LeeConfig, *, build: bool = True):
         from tfda.models.barotropic import BarotropicConfig
 
         return models.load("barotropic", config=BarotropicConfig(**cfg.analogue_model))
+    if cfg.model != "fourcastnet":  # any other registered model, e.g. earth2studio:SFNO
+        if not build:
+            return None
+        try:
+            return models.load(cfg.model, **cfg.model_options)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UserError(f"--model {cfg.model}: {exc}") from exc
     if not cfg.weights:
         raise FileNotFoundError("--weights DIR is required with --era5 (FourCastNet weights: "
                                 "backbone.ckpt, global_means.npy, global_stds.npy)")

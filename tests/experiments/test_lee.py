@@ -24,16 +24,19 @@ TINY_ANALOGUE = {
 
 
 def _toml(path, values: dict) -> str:
-    lines = []
-    tables = {k: v for k, v in values.items() if isinstance(v, dict)}
-    for k, v in values.items():
-        if not isinstance(v, dict):
-            lines.append(f"{k} = {json.dumps(v)}")
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    lines: list[str] = []
+    _toml_table(lines, "", values)
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+def _toml_table(lines: list[str], name: str, values: dict) -> None:
+    if name:
+        lines.append(f"[{name}]")
+    lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for key, table in values.items():
+        if isinstance(table, dict):
+            _toml_table(lines, f"{name}.{key}" if name else key, table)
 
 
 def _check_run_dir(out, cfg_members: int, days: int) -> dict:
@@ -265,3 +268,29 @@ def pd_read(path):
     import pandas as pd
 
     return pd.read_csv(path)
+
+
+def test_real_mode_with_an_earth2studio_model(tmp_path):
+    """--era5 with --model earth2studio:Persistence (the optional extra): any registered
+    model runs the study; no --weights needed, and with persistence every member's track
+    stays where its Day 0 storm is."""
+    pytest.importorskip("earth2studio", reason="the tfda[earth2studio] extra is not installed")
+    from tfda.models.fourcastnet import FOURCASTNET_VARIABLES
+
+    era5, _, cfg = _era5_setup(tmp_path)
+    cfg.pop("afno")
+    cfg["model_options"] = {"model_options": {
+        "variable": list(FOURCASTNET_VARIABLES),
+        "domain_coords": {"lat": np.linspace(90, -90, 33).tolist(),
+                          "lon": (np.arange(64) * 360 / 64).tolist()}}}
+    out = tmp_path / "run"
+    rc = lee.main(["--era5", str(era5), "--model", "earth2studio:Persistence", "--out", str(out),
+                   "--config", _toml(tmp_path / "c.toml", cfg)])
+    assert rc == 0
+    _check_run_dir(out, 3, 1)
+    import xarray as xr
+
+    with xr.open_dataset(out / "tracks.nc") as ds:
+        lat = ds["baseline_lat_6h"].values
+    tracked = np.isfinite(lat[:, 0])
+    np.testing.assert_array_equal(lat[tracked, -1], lat[tracked, 0])
