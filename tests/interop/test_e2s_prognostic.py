@@ -266,3 +266,16 @@ def test_initial_state_errors_name_the_file_and_variable(tmp_path, capsys):
     assert cycle.main([str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.options.not_an_option: unknown key" in err[0]
+
+
+def test_the_cheap_caller_lookup_names_the_same_file_as_inspect():
+    """earth2studio keys its optional-dependency registry by the caller's file name: the
+    cheap stack() of interop/_e2s.py must give what inspect.stack() gives."""
+    import inspect
+
+    from earth2studio.utils import imports
+
+    def caller_file(stack):
+        return stack()[1].filename
+
+    assert caller_file(imports.inspect.stack) == caller_file(inspect.stack) == __file__
