@@ -18,12 +18,12 @@ completes.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tfda._io import timed
 from tfda.da.cycle import run_cycle
 from tfda.da.filters import LETKF, EnSF, periodic_distance
 from tfda.da.localised_score import ring_taper
@@ -65,8 +65,8 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
                              locations=torch.arange(setting.nx, dtype=torch.float64),
                              where=f"setting {setting.name}: operator")
     fp = rundir.fingerprint({"setting": dataclasses.asdict(setting), "filter": filter_name,
-                      "overrides": overrides, "seed": seed, "device": str(device),
-                      "dtype": str(dtype)})
+                             "overrides": overrides, "seed": seed, "device": str(device),
+                             "dtype": str(dtype)})
     resume = out / f"checkpoint-{fp}.pt"
     # old results always go; a checkpoint only when it belongs to another configuration
     rundir.begin(out, ["results.json", "metrics.nc",
@@ -76,10 +76,9 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
     noise = torch.randn(setting.members, setting.nx, generator=gen, dtype=dtype)
     ensemble = truth + setting.init_std * noise.to(device)
     checkpointer = FileCheckpointer(resume)
-    start = time.perf_counter()
-    ds = run_cycle(model, filt, operator, ensemble, n_cycles=setting.cycles, truth=truth,
-                   seed=seed + 1, checkpointer=checkpointer, progress=progress)
-    seconds = time.perf_counter() - start
+    ds, seconds = timed(lambda: run_cycle(
+        model, filt, operator, ensemble, n_cycles=setting.cycles, truth=truth, seed=seed + 1,
+        checkpointer=checkpointer, progress=progress), device=device)
     after = ds.isel(cycle=slice(setting.burn_in, None))
     ranks = torch.as_tensor(after["rank_a"].values.sum(0))
     chi2, dof = rank_flatness(ranks)

@@ -1,5 +1,6 @@
-"""One namespace: the project imports as tfda.*, and no generic top-level package
-(da, models, observations, diagnostics, experiments) is importable from outside the checkout."""
+"""One namespace: the project imports as tfda.*, and no generic top-level package (da,
+models, observations, diagnostics, experiments, interop) is importable from outside the
+checkout."""
 
 import subprocess
 import sys
@@ -26,6 +27,6 @@ def test_tfda_namespace_maps_the_project_folders():
 def test_no_generic_package_outside_the_checkout(tmp_path):
     code = ("import importlib.util as u, sys; "
             "sys.exit(any(u.find_spec(n) for n in ('da', 'models', 'observations', "
-            "'diagnostics', 'experiments')))")
+            "'diagnostics', 'experiments', 'interop')))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path)
     assert proc.returncode == 0
