@@ -198,7 +198,7 @@ def point_observations(table, model, n_cycles: int, dtype: torch.dtype
     Without observations the cycle draws y = H(truth) + eps at every point."""
     from tfda.observations.points import PointObservations
 
-    if not all(hasattr(model, a) for a in ("lat", "lon", "variables")):
+    if not all(len(getattr(model, a, ())) >= 2 for a in ("lat", "lon")):
         raise UserError("observations.operator = 'points' needs a model on a (variable, lat, "
                         f"lon) grid; {type(model).__name__} has none")
     keys = ["lat", "lon", "variable"]

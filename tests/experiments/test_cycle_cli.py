@@ -215,3 +215,13 @@ def test_bad_point_files_name_the_file_in_one_line(tmp_path, capsys, table, mess
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "observations.file" in err[0], err
     assert not (tmp_path / "o" / "COMPLETE").exists()
+
+
+def test_points_on_a_model_without_a_grid_is_one_line(tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("lat,lon,variable,error\n1,2,x,1\n")
+    conf = tmp_path / "c.toml"
+    conf.write_text('[model]\nname = "lorenz96"\n[filter]\nname = "letkf"\n'
+                    '[observations]\noperator = "points"\nfile = "p.csv"\n')
+    assert cycle.main([str(conf), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a model on a (variable, lat, lon) grid" in err[0], err
