@@ -8,16 +8,18 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import torch
 
+from tfda.da.protocols import ObservationError, ObservationOperator
 from tfda.diagnostics.tracking import StormTracker
 from tfda.experiments.lee.config import TRACK_VARIABLES, LeeConfig
 from tfda.experiments.lee.sources import best_track, check_finite, load_era5, load_model, model_spec
 from tfda.experiments.lee.stations import station_operator
 from tfda.geo import KM_PER_DEG
+from tfda.models.base import ForecastModel
+from tfda.observations.synthetic import SyntheticObservations
 
 
 @dataclass(frozen=True)
@@ -26,24 +28,24 @@ class Observations:
 
     y: torch.Tensor  # (time, variable, lat, lon)
     truth: torch.Tensor
-    error: Any  # the true error model (draws for observations and ensembles)
-    filter_error: Any  # the R the filter assumes
+    error: ObservationError  # the true error model (draws for observations and ensembles)
+    filter_error: ObservationError  # the R the filter assumes
     times: list[datetime]
-    synthetic: Any  # observations.synthetic.SyntheticObservations (netCDF writer)
-    operator: Any  # what the cycle assimilates: Identity(filter_error) or the stations
+    synthetic: SyntheticObservations  # (its netCDF writer)
+    operator: ObservationOperator  # what the cycle assimilates: Identity or the stations
     assimilated: torch.Tensor  # (time, ...) its observations: y, or y at the stations
 
 
 @dataclass(frozen=True)
 class LeeInputs:
-    model: Any
+    model: ForecastModel
     observations: Observations
     truth_track: tuple[np.ndarray, np.ndarray]  # (lat, lon) every model step, Day 0..F
     first_guess: tuple[float, float]
     best_daily: tuple[np.ndarray, np.ndarray] | None  # Day 0..F, NaN where absent
 
 
-_Track = tuple[np.ndarray, np.ndarray]  # (lat, lon)
+Track = tuple[np.ndarray, np.ndarray]  # (lat, lon)
 
 
 def steps_in(model, span: timedelta, what: str) -> int:
@@ -54,7 +56,7 @@ def steps_in(model, span: timedelta, what: str) -> int:
 
 
 def analogue_truth(cfg: LeeConfig, model, spd: int
-                    ) -> tuple[torch.Tensor, _Track, tuple[float, float], _Track | None]:
+                   ) -> tuple[torch.Tensor, Track, tuple[float, float], Track | None]:
     """(truth at the observation times, truth track Day 0..F, first guess, no best track)
     from one run of the analogue, started from the vortex on the first observation day."""
     from tfda.models.barotropic import vortex_state
@@ -90,7 +92,7 @@ def analogue_truth(cfg: LeeConfig, model, spd: int
 
 
 def era5_truth(cfg: LeeConfig, model, spd: int
-                ) -> tuple[torch.Tensor, _Track, tuple[float, float], _Track | None]:
+                ) -> tuple[torch.Tensor, Track, tuple[float, float], Track | None]:
     """(truth at the observation times, truth track Day 0..F, first guess, daily best
     track or None) from ERA5, the truth track found by tracking ERA5 itself."""
     from tfda.models import check_grid
