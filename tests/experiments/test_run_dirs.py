@@ -49,7 +49,9 @@ def test_sigkill_then_resume_with_no_progress_is_bit_identical(tmp_path):
     child = subprocess.Popen([*tfda_command(), "lee", "--config", conf, "--out", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 240
-    while not list((out / "checkpoints").glob("cycle-*.pt")):
+    # the wall-time file is written just after the checkpoint: wait for both
+    while not (list((out / "checkpoints").glob("cycle-*.pt"))
+               and list((out / "checkpoints").glob("wall-*.json"))):
         assert child.poll() is None, "the run ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within 240 s"
         time.sleep(0.02)
