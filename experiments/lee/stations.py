@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from tfda.experiments._errors import UserError
+from tfda.geo import great_circle_km
 
 if TYPE_CHECKING:
     from tfda.experiments.lee.config import LeeConfig
+    from tfda.observations.points import PointObservations
 
 
 def station_positions(cfg: LeeConfig, lat: torch.Tensor, lon: torch.Tensor
@@ -47,15 +49,14 @@ def station_error_factor(length_km: float, lat: np.ndarray, lon: np.ndarray) -> 
     exp(-d^2 / 2L^2) at great-circle distance d: a diagonal R inflated so carries the
     information the correlated errors of one variable's stations carry about a signal
     uniform over them (1 for stations much further apart than L)."""
-    from tfda.da.filters.local import great_circle_distance
-
     la, lo = torch.as_tensor(lat), torch.as_tensor(lon)
-    d = great_circle_distance(la[:, None], lo[:, None], la[None, :], lo[None, :])
+    d = great_circle_km(la[:, None], lo[:, None], la[None, :], lo[None, :])
     rho = torch.exp(-0.5 * (d / length_km) ** 2)
     return math.sqrt(float(rho.sum(1).mean()))
 
 
-def station_operator(cfg: LeeConfig, model: Any, marginal_std: torch.Tensor) -> Any:
+def station_operator(cfg: LeeConfig, model: Any, marginal_std: torch.Tensor
+                     ) -> PointObservations:
     """The point operator (every variable at every station), its error the diagonal R the
     filter assumes; ``marginal_std`` (variable,) is the true error's std per variable."""
     from tfda.observations.points import PointObservations

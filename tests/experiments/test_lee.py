@@ -294,3 +294,16 @@ def test_real_mode_with_an_earth2studio_model(tmp_path):
         lat = ds["baseline_lat_6h"].values
     tracked = np.isfinite(lat[:, 0])
     np.testing.assert_array_equal(lat[tracked, -1], lat[tracked, 0])
+
+
+def test_station_error_factor_counts_the_correlated_neighbours():
+    """sqrt(mean_i sum_j rho_ij): 1 for stations far apart, sqrt(n) for n at one place,
+    and exp(-d^2 / 2L^2) between two stations d apart."""
+    from tfda.experiments.lee.stations import station_error_factor
+
+    far = station_error_factor(300.0, np.array([0.0, 40.0]), np.array([0.0, 60.0]))
+    assert far == pytest.approx(1.0, abs=1e-12)
+    assert station_error_factor(300.0, np.full(4, 20.0), np.full(4, 300.0)) == pytest.approx(2.0)
+    d = float(great_circle_km(10.0, 300.0, 10.0, 303.0))
+    pair = station_error_factor(300.0, np.array([10.0, 10.0]), np.array([300.0, 303.0]))
+    assert pair == pytest.approx(np.sqrt(1.0 + np.exp(-0.5 * (d / 300.0) ** 2)), rel=1e-12)
