@@ -141,5 +141,8 @@ def test_dead_rank_makes_the_others_raise(tmp_path) -> None:
 @pytest.mark.slow
 def test_stalled_rank_makes_the_others_raise_within_the_timeout(tmp_path) -> None:
     _survivors_fail(tmp_path, "hang")
-    for r in (0, 1, 3):
-        assert "Timed out" in _launch.load_json(tmp_path, r)["message"]
+    # the first survivor to time out exits and closes its connections, so the others may
+    # see that closure before their own timeout: gloo's cascade, still within the timeout
+    messages = [_launch.load_json(tmp_path, r)["message"] for r in (0, 1, 3)]
+    assert any("Timed out" in m for m in messages), messages
+    assert all("Timed out" in m or "Connection closed by peer" in m for m in messages), messages
