@@ -271,4 +271,13 @@ def read_point_table(path: str | os.PathLike[str], *, required: Sequence[str] = 
         raise ValueError(f"{p}: lacks column(s) {missing}; columns are {list(frame.columns)}")
     if len(frame) == 0:
         raise ValueError(f"{p}: no rows")
+    for column in ("lat", "lon", "error", "observation", "cycle"):
+        if column in frame.columns:
+            values = pd.to_numeric(frame[column], errors="coerce")
+            bad = values.isna() & frame[column].notna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise ValueError(f"{p}: column {column!r} must be numbers, row {row} holds "
+                                 f"{frame[column].iloc[row]!r}")
+            frame[column] = values
     return frame

@@ -206,6 +206,8 @@ def test_observed_values_in_the_file_are_assimilated_at_their_cycle(tmp_path):
     ("lat,lon,variable,error\n80,300,msl,1\n", "lat[0] = 80.0 is outside"),
     ("lat,lon,variable,error,observation\n30,300,msl,1,5\n", "needs a cycle column"),
     ("lat,lon,variable,error,observation,cycle\n30,300,msl,1,5,7\n", "cycle 7 is not one of"),
+    ("lat,lon,variable,error,observation,cycle\n30,300,msl,1,abc,1\n",
+     "column 'observation' must be numbers, row 0 holds 'abc'"),
 ])
 def test_bad_point_files_name_the_file_in_one_line(tmp_path, capsys, table, message):
     (tmp_path / "bad.csv").write_text(table)

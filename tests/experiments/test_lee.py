@@ -262,6 +262,11 @@ def test_stations_from_a_file_and_bad_station_files(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stations_file" in err[0] and "outside" in err[0], err
     assert not (tmp_path / "bad" / "COMPLETE").exists()
+    (tmp_path / "text.csv").write_text("lat,lon\nabc,310.0\n")
+    bad = _toml(tmp_path / "t.toml", {**TINY_ANALOGUE, "stations_file": str(tmp_path / "text.csv")})
+    assert lee.main(["--config", bad, "--out", str(tmp_path / "text")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stations_file" in err[0] and "column 'lat' must be numbers" in err[0]
 
 
 def pd_read(path):
