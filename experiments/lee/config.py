@@ -103,6 +103,9 @@ class LeeConfig:
                              "not a long sampler run)")
         if self.stations < 0:
             raise ValueError(f"stations must be >= 0, got {self.stations}")
+        if self.observes_stations and self.filter_error == "full":
+            raise ValueError("filter_error = 'full' is the gridded observations' R; stations "
+                             "are assimilated with a diagonal R (leave filter_error diagonal)")
         if self.stations and self.stations_file is not None:
             raise ValueError("give stations (a number drawn at random) or stations_file, "
                              "not both")

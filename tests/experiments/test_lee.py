@@ -267,6 +267,8 @@ def test_stations_from_a_file_and_bad_station_files(tmp_path, capsys):
     assert lee.main(["--config", bad, "--out", str(tmp_path / "text")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stations_file" in err[0] and "column 'lat' must be numbers" in err[0]
+    with pytest.raises(ValueError, match="stations are assimilated with a diagonal R"):
+        lee.LeeConfig.from_dict({**TINY_ANALOGUE, "stations": 5, "filter_error": "full"})
 
 
 def pd_read(path):
