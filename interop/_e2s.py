@@ -3,7 +3,7 @@
 The interop modules take earth2studio's names from here, so a missing install
 gives one ImportError line saying how to get it instead of a traceback deep in
 some submodule. Only light submodules are imported (the protocols and type
-aliases); the model zoo (``earth2studio.models.px``, ~20 s to import) is
+aliases); the model zoo (``earth2studio.models.px``, slow to import: see below) is
 imported only when a model is loaded by name.
 """
 
