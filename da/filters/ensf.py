@@ -63,6 +63,14 @@ class EnSF:
             weights per component from tapered logits, :mod:`da.localised_score`;
             needs ``taper``).
         bandwidth: kernel only: h in (0, 1]; 1 is the Gaussian (ETKF) limit.
+        transport: kernel only: "flow" (deterministic probability flow, one path per
+            member; below h ~ 1 it keeps members in their own components) or "resample"
+            (systematic resampling of the posterior components, then the
+            within-component draw: samples the mixture posterior,
+            :mod:`da.filters.kernel_transport`).
+        linearisation: kernel only: "ensemble" (one linearisation of H for every
+            component, as in the LETKF) or "centres" (each component's innovation
+            through the nonlinear H at its centre: a Gaussian-sum update).
         radius, distance: kernel only: localisation as for :class:`da.filters.LETKF`
             (None = global).
         domains_per_batch: kernel only: state components per batched local analysis.
@@ -99,6 +107,8 @@ class EnSF:
 
     score: Literal["kernel", "localised", "mixture", "paired"] = "kernel"
     bandwidth: float = 0.95
+    transport: Literal["flow", "resample"] = "flow"
+    linearisation: Literal["ensemble", "centres"] = "ensemble"
     radius: float | None = None
     distance: Any = None
     domains_per_batch: int = 1024
@@ -128,6 +138,11 @@ class EnSF:
             raise ValueError("score='localised' needs taper= and does not run under parareal")
         if not 0.0 < self.bandwidth <= 1.0:
             raise ValueError(f"bandwidth must lie in (0, 1], got {self.bandwidth}")
+        if self.transport not in ("flow", "resample"):
+            raise ValueError(f"transport must be 'flow' or 'resample', got {self.transport!r}")
+        if self.linearisation not in ("ensemble", "centres"):
+            raise ValueError("linearisation must be 'ensemble' or 'centres', "
+                             f"got {self.linearisation!r}")
         if self.radius is not None and not self.radius > 0:
             raise ValueError(f"radius must be > 0 or None, got {self.radius}")
         if (self.radius is not None or self.sites is not None) and self.score != "kernel":
@@ -196,7 +211,10 @@ class EnSF:
             return kernel_analysis(
                 prior_ensemble, y, obs_operator, bandwidth=self.bandwidth, steps=self.steps,
                 schedule=Schedule(), inflation=self.inflation, radius=self.radius,
-                distance=self.distance, chunk=self.domains_per_batch, sites=self.sites)
+                distance=self.distance, chunk=self.domains_per_batch, sites=self.sites,
+                transport=self.transport, linearisation=self.linearisation,
+                generator=generator if generator is not None or self.seed is None
+                else torch.Generator().manual_seed(self.seed))
         check_ensemble("prior_ensemble", prior_ensemble)
         x0 = prior_ensemble
         m, state_shape = x0.shape[0], tuple(x0.shape[1:])
