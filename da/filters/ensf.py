@@ -71,6 +71,8 @@ class EnSF:
         linearisation: kernel only: "ensemble" (one linearisation of H for every
             component, as in the LETKF) or "centres" (each component's innovation
             through the nonlinear H at its centre: a Gaussian-sum update).
+        ess_min: kernel only: temper the posterior weights per local domain so that
+            their effective sample size is at least ess_min * M (None: exact weights).
         radius, distance: kernel only: localisation as for :class:`da.filters.LETKF`
             (None = global).
         domains_per_batch: kernel only: state components per batched local analysis.
@@ -109,6 +111,7 @@ class EnSF:
     bandwidth: float = 0.95
     transport: Literal["flow", "resample"] = "flow"
     linearisation: Literal["ensemble", "centres"] = "ensemble"
+    ess_min: float | None = None
     radius: float | None = None
     distance: Any = None
     domains_per_batch: int = 1024
@@ -143,6 +146,8 @@ class EnSF:
         if self.linearisation not in ("ensemble", "centres"):
             raise ValueError("linearisation must be 'ensemble' or 'centres', "
                              f"got {self.linearisation!r}")
+        if self.ess_min is not None and not 0.0 < self.ess_min <= 1.0:
+            raise ValueError(f"ess_min must lie in (0, 1] or be None, got {self.ess_min}")
         if self.radius is not None and not self.radius > 0:
             raise ValueError(f"radius must be > 0 or None, got {self.radius}")
         if (self.radius is not None or self.sites is not None) and self.score != "kernel":
@@ -213,6 +218,7 @@ class EnSF:
                 schedule=Schedule(), inflation=self.inflation, radius=self.radius,
                 distance=self.distance, chunk=self.domains_per_batch, sites=self.sites,
                 transport=self.transport, linearisation=self.linearisation,
+                ess_min=self.ess_min,
                 generator=generator if generator is not None or self.seed is None
                 else torch.Generator().manual_seed(self.seed))
         check_ensemble("prior_ensemble", prior_ensemble)

@@ -52,6 +52,7 @@ from tfda.da.filters.kernel_transport import (
     centre_posterior_mixture,
     flow_transport,
     resample_transport,
+    temper_weights,
 )
 from tfda.da.gaussian_mixture import mixture_flow
 from tfda.da.protocols import ObservationOperator
@@ -111,6 +112,7 @@ def kernel_analysis(
     transport: str = "flow",
     linearisation: str = "ensemble",
     generator: torch.Generator | None = None,
+    ess_min: float | None = None,
 ) -> torch.Tensor:
     """Posterior ensemble (M, *state_shape) of the localised kernel EnSF (module docstring).
 
@@ -142,6 +144,9 @@ def kernel_analysis(
             nonlinear H evaluated at the M centres: a Gaussian-sum update,
             :func:`da.filters.kernel_transport.centre_posterior_mixture`).
         generator: random source of the "resample" transport.
+        ess_min: temper the posterior weights per domain so that their effective sample
+            size is at least ess_min * M (:func:`da.filters.kernel_transport.temper_weights`);
+            None: the exact weights.
     """
     if sites is not None and offset:
         raise ValueError("sites= and a state shard (offset=) cannot be combined")
@@ -211,6 +216,8 @@ def kernel_analysis(
             q, means_a, var_a, log_w = centre_posterior_mixture(centres, h2, big_g)
         else:
             q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd)
+        if ess_min is not None:
+            log_w = temper_weights(log_w, ess_min)
         if transport == "flow":
             u_a = flow_transport(encoded, q, means_a, var_a, log_w, times=backward,
                                  schedule=schedule)

@@ -54,3 +54,24 @@ def test_rank_figure_from_saved_tables_and_a_bad_table(tmp_path, capsys):
     assert plot_ranks.main([str(bad), "--png", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.json" in err[0] and "Traceback" not in err[0]
+
+
+def test_model_shocks_are_deterministic_per_cycle_and_absent_by_default():
+    import dataclasses
+
+    import torch
+
+    from tfda.experiments.l96_twin import make_shock
+    from tfda.experiments.settings.l96 import SETTINGS
+
+    assert make_shock(SETTINGS["sakov2008"], 0) is None
+    setting = SETTINGS["l96-arctan-shocks"]
+    shock = make_shock(setting, 3)
+    truth = torch.zeros(1, setting.nx, dtype=torch.float64)
+    assert torch.equal(shock(setting.shock_every - 1, truth), truth)  # not a shock cycle
+    kick = shock(setting.shock_every, truth)
+    assert torch.equal(kick, make_shock(setting, 3)(setting.shock_every, truth))  # resumable
+    assert not torch.equal(kick, make_shock(setting, 4)(setting.shock_every, truth))
+    assert 0.6 * setting.shock_std < float(kick.std()) < 1.4 * setting.shock_std
+    none = dataclasses.replace(setting, shock_std=0.0)
+    assert make_shock(none, 3) is None

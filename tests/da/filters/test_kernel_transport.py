@@ -162,3 +162,29 @@ def test_centre_linearisation_resolves_a_sign_ambiguous_observation():
                           generator=torch.Generator().manual_seed(0))
     assert (out.abs() - 2.0).abs().median() < 0.5
     assert (prior.abs() - 2.0).abs().median() > 0.6
+
+
+def test_tempered_weights_reach_the_effective_sample_size_and_no_more():
+    from tfda.da.filters.kernel_transport import temper_weights
+
+    gen = torch.Generator().manual_seed(4)
+    log_w = 30.0 * torch.randn(6, 20, generator=gen)  # nearly one-hot
+    log_w[0] = 0.01 * torch.randn(20, generator=gen)  # already spread: left alone
+    out = temper_weights(log_w, 0.5)
+    p = torch.softmax(out, -1)
+    ess = 1.0 / (p * p).sum(-1)
+    assert (ess >= 0.5 * 20 - 1e-6).all() and (ess[1:] < 0.5 * 20 + 0.05).all()
+    assert torch.allclose(torch.softmax(out[0], -1), torch.softmax(log_w[0], -1))
+    # the order of the components is kept (a power of the weights)
+    assert torch.equal(out[1:].argsort(-1), log_w[1:].argsort(-1))
+
+
+def test_bad_transport_options_are_named():
+    from tfda.da.filters import EnSF
+
+    with pytest.raises(ValueError, match="transport"):
+        EnSF(transport="sde")
+    with pytest.raises(ValueError, match="linearisation"):
+        EnSF(linearisation="exact")
+    with pytest.raises(ValueError, match="ess_min"):
+        EnSF(ess_min=1.5)
