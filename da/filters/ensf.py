@@ -71,8 +71,9 @@ class EnSF:
         linearisation: kernel only: "ensemble" (one linearisation of H for every
             component, as in the LETKF) or "centres" (each component's innovation
             through the nonlinear H at its centre: a Gaussian-sum update).
-        ess_min: kernel only: temper the posterior weights per local domain so that
-            their effective sample size is at least ess_min * M (None: exact weights).
+        ess_min: kernel only, with transport "resample": a bandwidth per local domain,
+            the smallest from ``bandwidth`` up to 1 whose posterior weights keep an
+            effective sample size >= ess_min * M (None: ``bandwidth`` everywhere).
         radius, distance: kernel only: localisation as for :class:`da.filters.LETKF`
             (None = global).
         domains_per_batch: kernel only: state components per batched local analysis.

@@ -51,8 +51,8 @@ from tfda.da.filters.kernel_transport import (
     TRANSPORTS,
     centre_posterior_mixture,
     flow_transport,
+    adaptive_posterior_mixture,
     resample_transport,
-    temper_weights,
 )
 from tfda.da.gaussian_mixture import mixture_flow
 from tfda.da.protocols import ObservationOperator
@@ -144,9 +144,10 @@ def kernel_analysis(
             nonlinear H evaluated at the M centres: a Gaussian-sum update,
             :func:`da.filters.kernel_transport.centre_posterior_mixture`).
         generator: random source of the "resample" transport.
-        ess_min: temper the posterior weights per domain so that their effective sample
-            size is at least ess_min * M (:func:`da.filters.kernel_transport.temper_weights`);
-            None: the exact weights.
+        ess_min: choose the bandwidth per domain, from ``bandwidth`` up to 1, as the
+            smallest whose posterior weights keep an effective sample size >= ess_min * M
+            (:func:`da.filters.kernel_transport.adaptive_posterior_mixture`); needs
+            transport "resample" and linearisation "ensemble". None: ``bandwidth``.
     """
     if sites is not None and offset:
         raise ValueError("sites= and a state shard (offset=) cannot be combined")
@@ -154,6 +155,9 @@ def kernel_analysis(
         raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     if linearisation not in ("ensemble", "centres"):
         raise ValueError(f"linearisation must be 'ensemble' or 'centres', got {linearisation!r}")
+    if ess_min is not None and (transport != "resample" or linearisation != "ensemble"):
+        raise ValueError("ess_min (a bandwidth per domain) needs transport='resample' and "
+                         "linearisation='ensemble'")
     if linearisation == "centres" and offset:
         raise ValueError("linearisation='centres' needs the whole state (no offset=)")
     check_ensemble("prior_ensemble", prior)
@@ -214,10 +218,11 @@ def kernel_analysis(
     for rows, big_g, g, dd in blocks:
         if linearisation == "centres":
             q, means_a, var_a, log_w = centre_posterior_mixture(centres, h2, big_g)
+        elif ess_min is not None:
+            q, means_a, var_a, log_w = adaptive_posterior_mixture(members, bandwidth, big_g, g,
+                                                                  dd, ess_min)
         else:
             q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd)
-        if ess_min is not None:
-            log_w = temper_weights(log_w, ess_min)
         if transport == "flow":
             u_a = flow_transport(encoded, q, means_a, var_a, log_w, times=backward,
                                  schedule=schedule)

@@ -77,14 +77,14 @@ _NONGAUSS = {
                        "eps_b": 0.5, "standardise": True},
 }
 L96_DT04 = L96Setting(
-    name="l96-dt04", dt=0.4, operator="identity", obs_std=1.0, cycles=500, burn_in=100,
+    name="l96-dt04", dt=0.4, operator="identity", obs_std=1.0, cycles=300, burn_in=100,
     letkf={"radius": 4.0, "inflation": 1.1, "rtps": 0.0},
     ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.1, "steps": 10},
     reference="issue 23: long observation interval (0.4 = 2 'days'), full obs, R = I",
     **_NONGAUSS,
 )
 L96_ABS = L96Setting(
-    name="l96-abs", dt=0.1, operator="abs", obs_stride=2, obs_std=1.0, cycles=500,
+    name="l96-abs", dt=0.1, operator="abs", obs_stride=2, obs_std=1.0, cycles=300,
     burn_in=100,
     letkf={"radius": 4.0, "inflation": 1.05, "rtps": 0.0},
     ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.05, "steps": 10},
@@ -92,7 +92,7 @@ L96_ABS = L96Setting(
     **_NONGAUSS,
 )
 L96_ARCTAN_SHOCKS = L96Setting(
-    name="l96-arctan-shocks", dt=0.1, operator="arctan", obs_std=0.05, cycles=500,
+    name="l96-arctan-shocks", dt=0.1, operator="arctan", obs_std=0.05, cycles=300,
     burn_in=100, shock_std=1.0, shock_every=20,
     letkf={"radius": 4.0, "inflation": 1.04, "rtps": 0.0},
     ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.04, "steps": 10},

@@ -164,19 +164,28 @@ def test_centre_linearisation_resolves_a_sign_ambiguous_observation():
     assert (prior.abs() - 2.0).abs().median() > 0.6
 
 
-def test_tempered_weights_reach_the_effective_sample_size_and_no_more():
-    from tfda.da.filters.kernel_transport import temper_weights
+def test_adaptive_bandwidth_is_exact_at_one_level_and_keeps_the_ess():
+    from tfda.da.filters.kernel_transport import adaptive_posterior_mixture
 
     gen = torch.Generator().manual_seed(4)
-    log_w = 30.0 * torch.randn(6, 20, generator=gen)  # nearly one-hot
-    log_w[0] = 0.01 * torch.randn(20, generator=gen)  # already spread: left alone
-    out = temper_weights(log_w, 0.5)
-    p = torch.softmax(out, -1)
-    ess = 1.0 / (p * p).sum(-1)
-    assert (ess >= 0.5 * 20 - 1e-6).all() and (ess[1:] < 0.5 * 20 + 0.05).all()
-    assert torch.allclose(torch.softmax(out[0], -1), torch.softmax(log_w[0], -1))
-    # the order of the components is kept (a power of the weights)
-    assert torch.equal(out[1:].argsort(-1), log_w[1:].argsort(-1))
+    m, p = 20, 30
+    members = math.sqrt(m - 1) * (torch.eye(m) - 1.0 / m)
+    ypert = torch.randn(3, p, m, generator=gen)
+    ypert[0] *= 0.02  # weak observations: the narrowest kernel passes
+    d = torch.randn(3, p, generator=gen)
+    big_g = ypert.transpose(1, 2) @ ypert
+    g = (ypert.transpose(1, 2) @ d.unsqueeze(-1)).squeeze(-1)
+    dd = (d * d).sum(-1)
+    q, mu, var, lw = adaptive_posterior_mixture(members, 0.5, big_g, g, dd, 0.5)
+    ref = posterior_mixture(0.866025403784 * members, 0.25, big_g[:1], g[:1], dd[:1])
+    assert torch.allclose(mu[0] @ q[0].T, ref[1][0] @ ref[0][0].T, atol=1e-8)
+    gamma = torch.linalg.eigvalsh(big_g)
+    h2 = var[:, 0] / (1.0 - var[:, 0] * gamma[:, 0])  # var_a = h^2 / (1 + h^2 gamma)
+    assert h2[0] == pytest.approx(0.25)
+    w = torch.softmax(lw, -1)
+    ess = 1.0 / (w * w).sum(-1)
+    assert ((ess >= 0.5 * m - 1e-9) | (h2 > 1.0 - 1e-9)).all()
+    assert (h2[1:] > 0.25 + 1e-6).all()  # strong observations widen the kernel
 
 
 def test_bad_transport_options_are_named():
@@ -188,3 +197,6 @@ def test_bad_transport_options_are_named():
         EnSF(linearisation="exact")
     with pytest.raises(ValueError, match="ess_min"):
         EnSF(ess_min=1.5)
+    with pytest.raises(ValueError, match="ess_min"):
+        kernel_analysis(torch.randn(5, 3), torch.zeros(3), Identity(1.0), bandwidth=0.5,
+                        steps=2, schedule=Schedule(), ess_min=0.5)
