@@ -78,24 +78,27 @@ _NONGAUSS = {
 }
 L96_DT04 = L96Setting(
     name="l96-dt04", dt=0.4, operator="identity", obs_std=1.0, cycles=300, burn_in=100,
-    letkf={"radius": 4.0, "inflation": 1.1, "rtps": 0.0},
-    ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.1, "steps": 10},
+    letkf={"radius": 2.0, "inflation": 1.2, "rtps": 0.0},
+    ensf={"score": "kernel", "bandwidth": 0.95, "radius": 2.0, "inflation": 1.1, "steps": 10,
+          "transport": "resample", "linearisation": "centres"},
     reference="issue 23: long observation interval (0.4 = 2 'days'), full obs, R = I",
     **_NONGAUSS,
 )
 L96_ABS = L96Setting(
     name="l96-abs", dt=0.1, operator="abs", obs_stride=2, obs_std=1.0, cycles=300,
     burn_in=100,
-    letkf={"radius": 4.0, "inflation": 1.05, "rtps": 0.0},
-    ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.05, "steps": 10},
+    letkf={"radius": 4.0, "inflation": 1.1, "rtps": 0.0},
+    ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.1, "steps": 10,
+          "transport": "resample", "linearisation": "centres"},
     reference="issue 23: |x| (sign-ambiguous) of every 2nd variable, std 1, dt 0.1",
     **_NONGAUSS,
 )
 L96_ARCTAN_SHOCKS = L96Setting(
     name="l96-arctan-shocks", dt=0.1, operator="arctan", obs_std=0.05, cycles=300,
     burn_in=100, shock_std=1.0, shock_every=20,
-    letkf={"radius": 4.0, "inflation": 1.04, "rtps": 0.0},
-    ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.04, "steps": 10},
+    letkf={"radius": 2.0, "inflation": 1.2, "rtps": 0.0},
+    ensf={"score": "kernel", "bandwidth": 0.95, "radius": 2.0, "inflation": 1.2, "steps": 10,
+          "transport": "resample", "linearisation": "centres"},
     reference="issue 23 / Bao, Chipilski, Liang, Zhang & Whitaker (MWR 2024): arctan obs, "
               "std 0.05, and every 20 cycles a N(0, 1) kick of the truth the model ignores",
     **_NONGAUSS,
@@ -104,7 +107,8 @@ BOCQUET2010 = L96Setting(
     name="bocquet2010", nx=10, dt=0.05, rk4_dt=0.01, operator="every", obs_stride=2,
     obs_std=1.5**0.5, members=20, cycles=1280, burn_in=400, init_std=1.0, spin_up_steps=1000,
     letkf={"radius": 4.0, "inflation": 1.02, "rtps": 0.0},
-    ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.02, "steps": 10},
+    ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.02, "steps": 10,
+          "transport": "resample", "linearisation": "centres"},
     ensf_published={"score": "paired", "sampler": "sde", "steps": 200, "eps_a": 0.5,
                     "eps_b": 0.5, "standardise": True},
     reference="DAPPER dapper/mods/Lorenz96/bocquet2010.py (commit 0fa8ee3): Nx 10, every 2nd "
