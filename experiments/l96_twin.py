@@ -3,7 +3,8 @@
     tfda l96 SETTING [SETTING ...] --filter {ensf,letkf,all} --out DIR
 
 Settings live in experiments/settings/l96.py (sakov2008, ensf-arctan,
-ensf-arctan-1000, ensf-arctan-1e6). One setting and one filter write
+ensf-arctan-1000, ensf-arctan-1e6, and issue 23's l96-dt04, l96-abs, l96-arctan-shocks,
+bocquet2010). One setting and one filter write
 ``DIR/results.json`` (setting, filter, cycles, burn_in, rmse_a, spread_a,
 seconds_per_cycle, filter settings) and ``DIR/metrics.nc`` (per-cycle metrics);
 several write ``DIR/SETTING-FILTER/...`` plus ``DIR/table.json``, and print the

@@ -79,7 +79,7 @@ def test_model_shocks_are_deterministic_per_cycle_and_absent_by_default():
     assert make_shock(none, 3) is None
 
 
-@pytest.mark.parametrize("name", ["bocquet2010", "l96-abs"])
+@pytest.mark.parametrize("name", ["bocquet2010", "l96-dt04"])
 def test_issue23_settings_short_runs_near_their_expected_rmse(tmp_path, name):
     """A short version (seed 0, the first 250 cycles) of the 5-seed runs behind
     ``expected_rmse_a`` (docs/ensf.md): both filters track, within 35 % of the quoted mean."""
