@@ -38,8 +38,8 @@ from tfda.da.filters.local import (
     gaspari_cohn,
     great_circle_distance,
     grid_distance,
+    apply_site_transforms,
     local_statistics,
-    observation_moments,
     periodic_distance,
 )
 from tfda.da.protocols import ObservationOperator
@@ -57,7 +57,9 @@ class LETKF:
             precomputed (n_state, p) tensor; needed when radius is set.
         inflation: multiplicative inflation lambda >= 1 of the background covariance.
         rtps: relaxation-to-prior-spread factor alpha in [0, 1].
-        chunk: state components per batched eigen-decomposition.
+        chunk: local domains per batched eigen-decomposition (at most).
+        sites: one local analysis per site (a grid column) instead of per component,
+            when the taper depends only on position (:class:`da.filters.local.Sites`).
     """
 
     radius: float | None = None
@@ -65,6 +67,7 @@ class LETKF:
     inflation: float = 1.0
     rtps: float = 0.0
     chunk: int = 4096
+    sites: Any = None
 
     def __post_init__(self) -> None:
         if self.radius is not None and not self.radius > 0:
@@ -113,21 +116,32 @@ class LETKF:
         ypert = (hxf - hxf.mean(0)).T  # (p, M)
         innov = y.flatten()[valid] - hxf.mean(0)  # (p,)
         eye = torch.eye(m, dtype=dtype, device=xb.device)
-        increment = torch.empty_like(xmean)
-        xa_pert = torch.empty_like(xpert)
-        blocks = local_statistics(observation_moments(ypert, innov), r_inv, xb.shape[1],
-                                  radius=self.radius,
+        blocks = local_statistics(ypert, innov, r_inv, xb.shape[1], radius=self.radius,
                                   distance=self.distance, locations=locations, valid=valid,
-                                  chunk=self.chunk)
+                                  chunk=self.chunk, sites=self.sites)
+        if self.sites is not None:
+            transforms = torch.empty(len(self.sites.locations), m, m, dtype=dtype,
+                                     device=xb.device)
+        else:
+            increment = torch.empty_like(xmean)
+            xa_pert = torch.empty_like(xpert)
         for rows, c, b, _ in blocks:
             a = (m - 1) / self.inflation * eye + c
             lam, q = torch.linalg.eigh(a)
             qt = q.transpose(1, 2)
             wa = q @ ((qt @ b[:, :, None]) / lam[:, :, None])  # A^{-1} b, (chunk, M, 1)
             wroot = q @ (((m - 1) / lam).sqrt()[:, :, None] * qt)  # [(M-1) A^{-1}]^{1/2}
+            if self.sites is not None:  # member j of the site: wa + W_a[:, j]
+                transforms[rows] = (wa + wroot).transpose(1, 2)
+                continue
             xr = xpert[rows, None, :]  # (chunk, 1, M)
             increment[rows] = (xr @ wa).reshape(-1)
             xa_pert[rows] = (xr @ wroot).squeeze(1)
+        if self.sites is not None:
+            xa = apply_site_transforms(xmean, xpert, transforms, self.sites.state_site)
+            increment = xa.mean(1)  # W_a 1 = 1, so the members' mean is xbar + X w_a
+            xa_pert = xa - increment[:, None]
+            increment = increment - xmean
         if self.rtps > 0:
             sb = xpert.std(1, keepdim=True)
             sa = xa_pert.std(1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
