@@ -164,7 +164,7 @@ def kernel_analysis(
                               distance=distance, locations=locations, valid=valid,
                               chunk=chunk, offset=offset, sites=sites)
     if sites is not None:
-        site_weights = torch.empty(len(sites.locations), m, m, dtype=dtype, device=device)
+        site_weights = torch.empty(sites.n_domains, m, m, dtype=dtype, device=device)
     xa = torch.empty(xb.shape[1], m, dtype=dtype, device=device)
     backward = flow_times(steps, forward=False)
     for rows, big_g, g, dd in blocks:

@@ -6,14 +6,17 @@ Gaspari-Cohn (1999, Eq. 4.10) taper of distance / c. The radius follows DAPPER's
 convention: c = radius * sqrt(10/3) (the taper then matches a Gaussian of length
 ``radius`` near 0) and observations beyond 2c are dropped.
 
-Distances come from a callable ``distance(state_index (n,), obs_locations) -> (n, p)``
-or a precomputed (n_state, p) matrix; :func:`periodic_distance` (Lorenz-96 ring) and
-:func:`grid_distance` (great circle on a (variable, lat, lon) state) are provided.
+Distances: :func:`periodic_distance` (Lorenz-96 ring) and :func:`grid_distance` (great
+circle on a (variable, lat, lon) state) are geometries (:mod:`da.filters.neighbours`):
+each local domain then meets only the observations within 2c, found by a k-d tree,
+in O(d) time and memory. Any other callable ``distance(state_index (n,), obs_locations)
+-> (n, p)`` or a precomputed (n_state, p) matrix is used densely (O(d p); the
+reference the neighbour search is tested against).
 
-:func:`local_statistics` yields, for chunks of state components, the three
+:func:`local_statistics` yields, for batches of local domains, the three
 ensemble-space quantities every local square-root or mixture analysis needs:
 Y^T R_loc^{-1} Y (M x M), Y^T R_loc^{-1} d (M) and d^T R_loc^{-1} d, batched over the
-chunk -- no Python loop over grid points.
+domains -- no Python loop over grid points.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from tfda.da.filters.neighbours import (
     supports_neighbours,
 )
 from tfda.geo import great_circle_km as great_circle_distance
+
+__all__ = ["DistanceFn", "Geometry", "GridDistance", "RingDistance", "Sites",
+           "apply_site_transforms", "gaspari_cohn", "great_circle_distance", "grid_distance",
+           "grid_sites", "local_statistics", "localisation_weights", "periodic_distance"]
 
 DistanceFn = Callable[[torch.Tensor, Any], torch.Tensor]
 _GC_SCALE = math.sqrt(10.0 / 3.0)
@@ -72,12 +79,19 @@ class Sites:
     LETKF's usual grid-column domain). ``obs_site`` (n_obs,) gives each observation's
     site, when observations sit on sites (their moments are then summed per site
     first); None when they lie elsewhere (stations), at the operator's ``locations``.
+    ``domains``: a slab of a sharded analysis analyses only its first sites; the others
+    are where its halo's observations sit.
     :func:`grid_sites` builds them for a (variable, lat, lon) state.
     """
 
     state_site: torch.Tensor
     obs_site: torch.Tensor | None
     locations: torch.Tensor
+    domains: int | None = None  # only the first ``domains`` sites are analysed (a slab)
+
+    @property
+    def n_domains(self) -> int:
+        return len(self.locations) if self.domains is None else self.domains
 
 
 def grid_sites(lat: torch.Tensor, lon: torch.Tensor, n_variables: int, *,
@@ -143,7 +157,7 @@ def local_statistics(
     yielded: (D,), (D, M, M), (D, M), (D,).
     """
     m = ypert.shape[1]
-    n_domains = n_state if sites is None else len(sites.locations)
+    n_domains = n_state if sites is None else sites.n_domains
     if radius is None:
         total = r_inv @ _moments(ypert, innov)
         for start in range(0, n_domains, chunk):
@@ -222,7 +236,7 @@ def _neighbour_statistics(source: _Sources, m: int, n_state: int, *, radius: flo
     if sites is None:
         domains = geometry.positions(torch.arange(offset, offset + n_state))
     else:
-        domains = torch.as_tensor(sites.locations, dtype=torch.float64)
+        domains = torch.as_tensor(sites.locations, dtype=torch.float64)[: sites.n_domains]
     positions = torch.as_tensor(source.positions, dtype=torch.float64)[source.valid.cpu()]
     cutoff = 2.0 * radius * _GC_SCALE
     blocks = site_blocks(geometry, domains, positions, cutoff, size=_BLOCK)

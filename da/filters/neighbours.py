@@ -9,7 +9,7 @@ straight-line (chord) distance grows with the geometry's own distance -- the rin
 Lorenz-96 on a circle, the sphere as unit vectors scaled by the Earth's radius -- so a
 k-d tree (scipy's cKDTree, built once per analysis) answers "which observations lie
 within 2c" exactly, with no false negatives. The sites are cut into small, spatially
-compact blocks (Morton order of the embedded points); each block gets the
+compact blocks (a k-d partition of the embedded points); each block gets the
 observations within (block radius + 2c) of its centre, a superset of every member's
 neighbourhood, and the taper is then evaluated only on (block x candidates): the
 time and memory per site are bounded by the local observation density, O(d) in all.
@@ -130,17 +130,31 @@ class GridDistance:
         return self.between(self.positions(state_index)[:, None], loc[None, :])
 
 
-def morton_order(points: np.ndarray, bits: int = 10) -> np.ndarray:
-    """A permutation visiting ``points`` (n, k) in Z-order: consecutive runs of it are
-    spatially compact, so blocks of consecutive sites have small bounding balls."""
-    lo, hi = points.min(0), points.max(0)
-    q = ((points - lo) / np.maximum(hi - lo, 1e-300) * ((1 << bits) - 1)).astype(np.uint64)
-    code = np.zeros(len(points), dtype=np.uint64)
-    k = points.shape[1]
-    for bit in range(bits):
-        for axis in range(k):
-            code |= ((q[:, axis] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(bit * k + axis)
-    return np.argsort(code, kind="stable")
+def compact_blocks(points: np.ndarray, size: int) -> np.ndarray:
+    """Site indices (n_blocks, size), -1 padded: ``points`` (n, k) cut by recursive
+    bisection along the widest axis of each piece (a k-d partition, all pieces of a level
+    at once) until every piece holds at most ``size``, so every block is a small box."""
+    n = len(points)
+    order = np.arange(n)
+    starts = np.array([0, n])
+    while True:
+        sizes = np.diff(starts)
+        big = sizes > size
+        if not big.any():
+            break
+        seg = np.repeat(np.arange(len(sizes)), sizes)
+        pts = points[order]
+        extent = np.maximum.reduceat(pts, starts[:-1]) - np.minimum.reduceat(pts, starts[:-1])
+        axis = np.argmax(extent, axis=1)
+        order = order[np.lexsort((pts[np.arange(n), axis[seg]], seg))]
+        # split a piece of b blocks into b // 2 full blocks and the rest
+        cut = starts[:-1][big] + size * (-(-sizes[big] // size) // 2)
+        starts = np.union1d(starts, cut)
+    sizes = np.diff(starts)
+    block = np.repeat(np.arange(len(sizes)), sizes)
+    padded = np.full((len(sizes), size), -1, dtype=np.int64)
+    padded[block, np.arange(n) - starts[:-1][block]] = order
+    return padded
 
 
 @dataclass(frozen=True)
@@ -197,11 +211,8 @@ def site_blocks(geometry: Geometry, site_positions: torch.Tensor,
 
     sites = geometry.embed(site_positions)
     sources = geometry.embed(source_positions)
-    order = morton_order(sites)
-    n_blocks = -(-len(order) // size)
-    padded = np.full(n_blocks * size, -1, dtype=np.int64)
-    padded[: len(order)] = order
-    padded = padded.reshape(n_blocks, size)
+    padded = compact_blocks(sites, size)
+    n_blocks = len(padded)
     pts = sites[np.maximum(padded, 0)]
     mask = (padded >= 0)[..., None]
     centre = (pts * mask).sum(1) / mask.sum(1)
