@@ -9,7 +9,8 @@ payload of every all_reduce, and scatter/gather at the edges; the LETKF and the
 kernel EnSF given the process group (a slab of the local domains per rank, only the
 halo of observations received: da.filters.halo) on a ring and on a lat/lon grid.
 The same launch then builds the 2 x 2 rank grid of da.distributed and checks that
-distributed, sharded Parareal equals the serial single-process fine solve. See _mp_sharded_checks.py.
+distributed, sharded Parareal equals the serial single-process fine solve.
+See _mp_sharded_checks.py.
 """
 
 from __future__ import annotations
