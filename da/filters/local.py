@@ -256,12 +256,22 @@ def _neighbour_statistics(source: _Sources, m: int, n_state: int, *, radius: flo
 def apply_site_transforms(xmean: torch.Tensor, xpert: torch.Tensor, transforms: torch.Tensor,
                           state_site: torch.Tensor) -> torch.Tensor:
     """x_a[i, j] = xbar_i + sum_k T_s[j, k] X[i, k] with s the site of component i:
-    (n, M), with no (n, M, M) temporary (components are taken in bounded batches)."""
-    m = xpert.shape[1]
-    xa = torch.empty_like(xpert)
+    (n, M), with no (n, M, M) temporary.
+
+    On a (variable, lat, lon) state with one site per grid column (``grid_sites``) the
+    components of a site are every n_sites-th: one batched product per site, (M, M) by
+    (M, variables). Otherwise components are taken in bounded batches."""
+    n, m = xpert.shape
+    n_sites = transforms.shape[0]
     state_site = state_site.to(xpert.device)
+    if n % n_sites == 0 and torch.equal(
+            state_site, torch.arange(n, device=xpert.device) % n_sites):
+        columns = xpert.reshape(n // n_sites, n_sites, m).permute(1, 2, 0)  # (site, M, var)
+        xa = (transforms @ columns).permute(2, 0, 1).reshape(n, m)
+        return xa.add_(xmean[:, None])
+    xa = torch.empty_like(xpert)
     step = max(element_budget(xpert.device, xpert.dtype) // (m * m), 1)
-    for start in range(0, len(state_site), step):
+    for start in range(0, n, step):
         part = slice(start, start + step)
         t = transforms[state_site[part]]
         xa[part] = xmean[part, None] + (t @ xpert[part, :, None]).squeeze(-1)
