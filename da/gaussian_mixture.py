@@ -89,13 +89,34 @@ def _posterior_centre(
     schedule: Schedule, log_weights: torch.Tensor | None,
 ) -> torch.Tensor:
     """sum_j r_j(z, t) m_j: the responsibility-weighted component mean, (B, N, K)."""
+    return _centre(z, _centre_terms(t, means, var, schedule, log_weights, z), means)
+
+
+def _centre_terms(
+    t: float, means: torch.Tensor, var: torch.Tensor | float, schedule: Schedule,
+    log_weights: torch.Tensor | None, like: torch.Tensor,
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """What the responsibilities at time t need of the components, computed once per time:
+    alpha_t, m_j / s_t (B, M, K) and log pi_j - alpha_t^2 |m_j|^2_{s_t} / 2 (B, M)."""
     alpha = schedule.alpha(t)
-    inv = (1.0 / _diffused_variance(t, var, schedule, z)).unsqueeze(1)
-    logits = alpha * torch.bmm(z * inv, means.transpose(1, 2))
-    logits = logits - 0.5 * alpha * alpha * (means * means * inv).sum(-1).unsqueeze(1)
+    scaled = means * (1.0 / _diffused_variance(t, var, schedule, like)).unsqueeze(1)
+    bias = (-0.5 * alpha * alpha) * (scaled * means).sum(-1)
     if log_weights is not None:
-        logits = logits + log_weights.unsqueeze(1)
-    return torch.bmm(torch.softmax(logits, dim=-1), means)
+        bias = bias + log_weights
+    return alpha, scaled, bias
+
+
+def _centre(z: torch.Tensor, terms: tuple[float, torch.Tensor, torch.Tensor],
+            means: torch.Tensor) -> torch.Tensor:
+    """The softmax is taken by hand and normalised after the product with the means
+    (a (B, N, K) division instead of a (B, N, M) one): torch's float64 softmax costs
+    more than both matrix products together on a CPU at these sizes."""
+    alpha, scaled, bias = terms
+    if alpha == 0.0:  # at t = 1 the responsibilities are the weights alone
+        return (torch.softmax(bias, dim=-1).unsqueeze(1) @ means).expand_as(z)
+    logits = torch.baddbmm(bias.unsqueeze(1), z, scaled.transpose(1, 2), alpha=alpha)
+    logits = logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    return torch.bmm(logits, means).div_(logits.sum(-1, keepdim=True))
 
 
 def mixture_flow(
@@ -124,15 +145,24 @@ def mixture_flow(
     b(t), so eps_a = 0 is allowed. ``second_order`` re-evaluates m at the predicted end
     point and steps with the average of the two (Heun on the responsibilities).
     """
+    terms: dict[float, tuple[float, torch.Tensor, torch.Tensor]] = {}
+
+    def centre(x: torch.Tensor, t: float) -> torch.Tensor:
+        if t not in terms:  # the corrector's time is the next step's start
+            terms.clear()
+            terms[t] = _centre_terms(t, means, var, schedule, log_weights, x)
+        return _centre(x, terms[t], means)
+
     for t0, t1 in zip(times[:-1], times[1:], strict=True):
         ratio = (_diffused_variance(t1, var, schedule, z)
                  / _diffused_variance(t0, var, schedule, z)).sqrt().unsqueeze(1)
-        a0, a1 = schedule.alpha(t0), schedule.alpha(t1)
-        centre = _posterior_centre(z, t0, means, var, schedule, log_weights)
-        z_next = a1 * centre + (z - a0 * centre) * ratio
+        # z(t1) = alpha_1 m + (z - alpha_0 m) ratio = ratio z + (alpha_1 - alpha_0 ratio) m
+        gain = schedule.alpha(t1) - schedule.alpha(t0) * ratio
+        base = z * ratio
+        m0 = centre(z, t0)
+        z_next = torch.addcmul(base, gain, m0)
         if second_order:
-            centre = 0.5 * (centre + _posterior_centre(z_next, t1, means, var, schedule,
-                                                       log_weights))
-            z_next = a1 * centre + (z - a0 * centre) * ratio
+            m0 = (m0 + centre(z_next, t1)).mul_(0.5)
+            z_next = torch.addcmul(base, gain, m0)
         z = z_next
     return z

@@ -6,6 +6,8 @@ directory (tfda._io.atomic_path), flushes it to disk and renames it over
 ``path``: a run killed at any moment leaves either the previous complete checkpoint
 or the new one, never a torn file. ``load()`` returns None when there is no
 checkpoint yet. ``on_save`` runs after every save (e.g. a WallClock's checkpoint).
+``read_only``: the ranks of a multi-process run other than the writer load the
+writer's checkpoint to resume at the same cycle, and save nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ class FileCheckpointer:
     """Checkpointer protocol of da.cycle backed by one file, written atomically."""
 
     def __init__(self, path: str | os.PathLike[str],
-                 on_save: Callable[[], None] | None = None) -> None:
+                 on_save: Callable[[], None] | None = None, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.on_save = on_save
+        self.read_only = read_only  # the other ranks of a sharded run resume from rank 0's
 
     def save(self, state: dict[str, Any]) -> None:
+        if self.read_only:
+            return
         with atomic_path(self.path) as tmp, tmp.open("wb") as fh:
             torch.save(state, fh)
             fh.flush()

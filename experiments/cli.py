@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scaling": ("tfda.experiments.scaling", "strong/weak scaling of the sharded score"),
     "bench-score": ("tfda.experiments.bench_score", "score estimator benchmark"),
     "bench-models": ("tfda.experiments.bench_models", "forecast-model timing benchmark"),
+    "bench-analysis": ("tfda.experiments.bench_analysis",
+                       "one local analysis (kernel EnSF, LETKF) up to FourCastNet size"),
     "plot-tracks": ("tfda.experiments.plot_tracks", "the track figure of a Lee run directory"),
     "plot-ranks": ("tfda.experiments.plot_ranks", "rank histograms of saved l96 tables"),
 }

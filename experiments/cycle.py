@@ -60,7 +60,13 @@ import torch
 from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command
 from tfda.experiments.config import build, check_call, load_toml, to_plain
-from tfda.experiments.factories import make_filter, make_operator, model_distance
+from tfda.experiments.factories import (
+    analysis_group,
+    make_filter,
+    make_operator,
+    model_distance,
+    shard_filter_options,
+)
 
 
 @dataclass(frozen=True)
@@ -285,26 +291,38 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
         operator = _operator(cfg.observations, tuple(truth.shape), model)
     else:
         operator, observed = point_observations(points, model, cfg.cycle.n_cycles, truth.dtype)
+    group, rank = analysis_group()  # several processes: the analysis is sharded
+    fixed = {"distance": model_distance(model)} if _localised(cfg.filter) else {}
+    fixed.update(shard_filter_options(cfg.filter.name, cfg.filter.options, group,
+                                      "filter.options"))
     analysis = make_filter(cfg.filter.name, cfg.filter.options, where="filter.options",
-                           fixed={"distance": model_distance(model)}
-                           if _localised(cfg.filter) else None)
-    # stale results of another configuration go; this one's checkpoint stays to resume
-    out = rundir.begin(out, ["cycle.nc", "summary.json", "checkpoint-*.pt", "wall-*.json"]
-                       if not (Path(out) / f"checkpoint-{fp}.pt").exists()
-                       else ["cycle.nc", "summary.json"], config=to_plain(cfg))
+                           fixed=fixed or None)
+    if rank == 0:  # one writer; the other ranks read its checkpoint to resume with it
+        # stale results of another configuration go; this one's checkpoint stays to resume
+        rundir.begin(out, ["cycle.nc", "summary.json", "checkpoint-*.pt", "wall-*.json"]
+                     if not (Path(out) / f"checkpoint-{fp}.pt").exists()
+                     else ["cycle.nc", "summary.json"], config=to_plain(cfg))
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.barrier(group)
+    out = Path(out)
     clock = rundir.WallClock(out / f"wall-{fp}.json")
-    ckpt = FileCheckpointer(out / f"checkpoint-{fp}.pt", on_save=clock.checkpoint)
+    ckpt = FileCheckpointer(out / f"checkpoint-{fp}.pt", on_save=clock.checkpoint,
+                            read_only=rank != 0)
     ds = run_cycle(model, analysis, operator, ensemble, n_cycles=cfg.cycle.n_cycles,
                    truth=truth, steps_per_cycle=cfg.cycle.steps_per_cycle,
                    observations=None if observed is None else (
                        lambda k, _truth: observed[k - 1].to(truth.device)),
                    seed=cfg.cycle.seed, checkpointer=ckpt, progress=progress,
                    coords=model_coords(model, tuple(truth.shape)))
-    with rundir.atomic_path(out / "cycle.nc", suffix=".nc") as tmp:
-        ds.to_netcdf(tmp)
     summary = {"last_10_cycles": {m: float(ds[m].values[-10:].mean())
                                   for m in ("rmse_a", "spread_a", "rmse_f")},
                "wall_seconds": clock.total()}
+    if rank != 0:
+        return ds, summary
+    with rundir.atomic_path(out / "cycle.nc", suffix=".nc") as tmp:
+        ds.to_netcdf(tmp)
     rundir.write_json(out / "summary.json", summary)
     ckpt.clear()
     clock.clear()

@@ -81,3 +81,40 @@ def model_distance(model: Any) -> Any:
     if isinstance(model, Lorenz96):
         return periodic_distance(model.nx)
     return grid_distance(model.lat, model.lon)
+
+
+def analysis_group() -> tuple[Any, int]:
+    """(process group, rank) when the command was launched on several processes (mpirun,
+    srun or torchrun): the localised analyses are then sharded over them, each rank a
+    slab of the local domains (:mod:`da.filters.halo`); (None, 0) for one process.
+
+    Every rank forecasts the whole ensemble (the models step the whole state), so the
+    wait between two collectives is one rank's slab of an analysis: the group's timeout
+    is 30 minutes, not the 2 minutes that catch a dead rank in the tests."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from tfda.da import distributed
+
+    if distributed.detect_launcher() == "single":
+        return None, 0
+    ctx = distributed.init(timeout=datetime.timedelta(minutes=30))
+    if ctx.world_size == 1:
+        return None, 0
+    return dist.group.WORLD, ctx.rank
+
+
+def shard_filter_options(name: str, options: Mapping[str, Any], group: Any,
+                         where: str) -> dict[str, Any]:
+    """The ``fixed`` entry that shards filter ``name`` over ``group`` (none for one
+    process); several processes need a localised kernel EnSF or LETKF."""
+    if group is None:
+        return {}
+    if options.get("radius") is None:
+        raise UserError(f"{where}: several processes shard the localised analysis; set a "
+                        "radius (the slabs exchange only the observations within it)")
+    if name == "ensf" and options.get("score", "kernel") != "kernel":
+        raise UserError(f"{where}: several processes shard the kernel EnSF and the LETKF, "
+                        f"not score = {options.get('score')!r}")
+    return {"group": group}

@@ -15,7 +15,10 @@ default 290, shared out by :data:`SHARES`), with a closing table:
   100 steps: paired/ODE, paired/SDE, mixture/SDE (times and peak memory);
 * ``score``: the CUDA rows of ``experiments.bench_score`` (d = 1e6, 1e7, 2.07e7);
 * ``models``: the CUDA rows of ``experiments.bench_models`` (FourCastNet, 1 step, 4
-  and 20 members) and the bf16-vs-float32 difference over 8 days.
+  and 20 members) and the bf16-vs-float32 difference over 8 days;
+* ``analysis``: the CUDA rows of ``tfda bench-analysis`` (one kernel-EnSF and one LETKF
+  analysis, Lorenz-96 Nx = 1e4 .. 1e7 and the FourCastNet-size grid observed every 4th
+  point).
 
 Without CUDA it prints one line saying why and exits 0. ``--device cpu --small``
 runs the same parts at toy sizes on the CPU (what the test suite does, so that the
@@ -37,9 +40,10 @@ import torch
 
 from tfda._io import timed
 
-PARTS = ("lee", "twin", "ensf", "score", "models")
+PARTS = ("lee", "twin", "ensf", "score", "models", "analysis")
 # share of the budget per part (an estimate: none of it has been timed on a GPU yet)
-SHARES = {"lee": 0.38, "twin": 0.14, "ensf": 0.18, "score": 0.12, "models": 0.18}
+SHARES = {"lee": 0.32, "twin": 0.12, "ensf": 0.15, "score": 0.10, "models": 0.15,
+          "analysis": 0.16}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -199,8 +203,18 @@ def part_models(device: str, small: bool, work: Path) -> int:
                                     "--no-progress"])
 
 
+def part_analysis(device: str, small: bool, work: Path) -> int:
+    del work
+    from tfda.experiments import bench_analysis
+
+    if small:
+        return bench_analysis.main(["--nx", "64", "--device", device])
+    return bench_analysis.main(["--nx", "1e4", "1e5", "1e6", "1e7", "--fcn-stride", "4",
+                                "--dtype", "float32", "--device", device])
+
+
 RUNNERS = {"lee": part_lee, "twin": part_twin, "ensf": part_ensf, "score": part_score,
-           "models": part_models}
+           "models": part_models, "analysis": part_analysis}
 
 
 # --------------------------------------------------------------------------- driver

@@ -26,7 +26,8 @@ import torch
 from tfda.da.protocols import ObservationError, ObservationOperator
 from tfda.observations.errors import DiagonalError
 
-__all__ = ["Absolute", "Arctan", "FromCallable", "Identity", "ObservationOperator", "Subset", "as_error"]
+__all__ = ["Absolute", "Arctan", "FromCallable", "Identity", "ObservationOperator", "Subset",
+           "as_error"]
 
 ErrorLike = ObservationError | float | torch.Tensor
 

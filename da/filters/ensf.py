@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -35,6 +36,7 @@ import torch
 from tfda.da import sampler as _sampler
 from tfda.da._checks import check_ensemble, observation_mask
 from tfda.da.devices import randn
+from tfda.da.filters.halo import check_shardable, sharded_analysis, sharding
 from tfda.da.filters.kernel import kernel_analysis
 from tfda.da.localised_score import localised_mixture_score
 from tfda.da.protocols import ObservationOperator
@@ -106,6 +108,9 @@ class EnSF:
             curvature of J^T R^-1 J is measured by power iteration at the prior members
             (x 1.2 for the states the sampler visits). False: the uniform grid of
             ``steps`` steps, which diverges for small R.
+        group: kernel only: a process group; each rank analyses a slab of the local
+            domains from its halo of observations (:mod:`da.filters.halo`); needs
+            ``radius`` and a geometry ``distance``.
     """
 
     score: Literal["kernel", "localised", "mixture", "paired"] = "kernel"
@@ -132,6 +137,7 @@ class EnSF:
     seed: int | None = None
     progress: bool = False
     stable_grid: bool = True
+    group: Any = None
 
     def __post_init__(self) -> None:
         if self.score not in ("kernel", "localised", "mixture", "paired"):
@@ -170,6 +176,9 @@ class EnSF:
             raise ValueError(f"score_clip must be > 0 or None, got {self.score_clip}")
         if not self.inflation >= 1.0:
             raise ValueError(f"inflation must be >= 1, got {self.inflation}")
+        if self.group is not None and self.score != "kernel":
+            raise ValueError(f"group= shards the kernel analysis, not score={self.score!r}")
+        check_shardable(self.group, self.radius, self.distance)
         if sampler.row_wise and self.score == "kernel":
             raise ValueError("parareal applies to the paired and mixture samplers, not to "
                              "score='kernel'")
@@ -187,7 +196,7 @@ class EnSF:
                 value = "1 - t" if value is None else getattr(value, "__name__", repr(value))
             elif name == "sampler" and not isinstance(value, str):
                 value = repr(value)
-            elif name in ("distance", "taper", "sites") and value is not None:
+            elif name in ("distance", "taper", "sites", "group") and value is not None:
                 value = repr(value)
             out[name] = value
         return out
@@ -214,14 +223,18 @@ class EnSF:
                 one seeded with ``seed`` (or torch's global generator if seed is None).
         """
         if self.score == "kernel":
-            return kernel_analysis(
-                prior_ensemble, y, obs_operator, bandwidth=self.bandwidth, steps=self.steps,
-                schedule=Schedule(), inflation=self.inflation, radius=self.radius,
-                distance=self.distance, chunk=self.domains_per_batch, sites=self.sites,
-                transport=self.transport, linearisation=self.linearisation,
-                ess_min=self.ess_min,
-                generator=generator if generator is not None or self.seed is None
-                else torch.Generator().manual_seed(self.seed))
+            kernel = partial(kernel_analysis, bandwidth=self.bandwidth, steps=self.steps,
+                             schedule=Schedule(), inflation=self.inflation, radius=self.radius,
+                             distance=self.distance, chunk=self.domains_per_batch,
+                             transport=self.transport, linearisation=self.linearisation,
+                             ess_min=self.ess_min,
+                             generator=generator if generator is not None or self.seed is None
+                             else torch.Generator().manual_seed(self.seed))
+            if sharding(self.group):
+                return sharded_analysis(kernel, prior_ensemble, y, obs_operator,
+                                        geometry=self.distance, radius=self.radius,
+                                        sites=self.sites, group=self.group)
+            return kernel(prior_ensemble, y, obs_operator, sites=self.sites)
         check_ensemble("prior_ensemble", prior_ensemble)
         x0 = prior_ensemble
         m, state_shape = x0.shape[0], tuple(x0.shape[1:])

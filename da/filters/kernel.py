@@ -46,14 +46,14 @@ from typing import Any
 import torch
 
 from tfda.da._checks import check_ensemble, observation_mask
-from tfda.da.filters.local import Sites, local_statistics, observation_moments, site_moments
 from tfda.da.filters.kernel_transport import (
     TRANSPORTS,
+    adaptive_posterior_mixture,
     centre_posterior_mixture,
     flow_transport,
-    adaptive_posterior_mixture,
     resample_transport,
 )
+from tfda.da.filters.local import Sites, apply_site_transforms, local_statistics
 from tfda.da.gaussian_mixture import mixture_flow
 from tfda.da.protocols import ObservationOperator
 from tfda.da.schedule import Schedule
@@ -172,8 +172,8 @@ def kernel_analysis(
     valid = valid.flatten()
     r_inv = (1.0 / std.square()).expand(y.shape).flatten()[valid]
     locations = getattr(obs_operator, "locations", None)
-    if (radius is not None and sites is None and locations is None
-            and not isinstance(distance, torch.Tensor)):
+    if (radius is not None and (sites is None or sites.obs_site is None)
+            and locations is None and not isinstance(distance, torch.Tensor)):
         raise ValueError("localisation needs obs_operator.locations (or a distance matrix)")
 
     scale = math.sqrt(inflation / (m - 1))
@@ -201,18 +201,11 @@ def kernel_analysis(
         ypert = torch.cat([ypert, y_filled.flatten()[valid, None] - hc.reshape(m, -1)[:, valid].T],
                           dim=1)
 
-    if sites is None:
-        blocks = local_statistics(observation_moments(ypert, innov), r_inv, xb.shape[1],
-                                  radius=radius, distance=distance, locations=locations,
-                                  valid=valid, chunk=chunk, offset=offset)
-    else:
-        n_sites = len(sites.locations)
-        moments = site_moments(ypert, innov, r_inv, sites.obs_site.to(device)[valid], n_sites)
-        blocks = local_statistics(moments, torch.ones(n_sites, dtype=dtype, device=device),
-                                  n_sites, radius=radius, distance=distance,
-                                  locations=sites.locations, chunk=chunk,
-                                  valid=torch.ones(n_sites, dtype=torch.bool, device=device))
-        site_weights = torch.empty(n_sites, m, m, dtype=dtype, device=device)
+    blocks = local_statistics(ypert, innov, r_inv, xb.shape[1], radius=radius,
+                              distance=distance, locations=locations, valid=valid,
+                              chunk=chunk, offset=offset, sites=sites)
+    if sites is not None:
+        site_weights = torch.empty(sites.n_domains, m, m, dtype=dtype, device=device)
     xa = torch.empty(xb.shape[1], m, dtype=dtype, device=device)
     backward = flow_times(steps, forward=False)
     for rows, big_g, g, dd in blocks:
@@ -230,10 +223,9 @@ def kernel_analysis(
             u_a = resample_transport(members, q, means_a, var_a, log_w, offset=rand,
                                      permutation=perm)
         if sites is None:
-            xa[rows] = xmean[rows, None] + (xpert[rows, None, :] * u_a).sum(-1)
+            xa[rows] = xmean[rows, None] + (u_a @ xpert[rows, :, None]).squeeze(-1)
         else:
             site_weights[rows] = u_a
     if sites is not None:  # every component takes its site's transported members
-        u_a = site_weights[sites.state_site.to(device)]
-        xa = xmean[:, None] + (xpert[:, None, :] * u_a).sum(-1)
+        xa = apply_site_transforms(xmean, xpert, site_weights, sites.state_site)
     return xa.T.reshape(m, *state_shape)

@@ -29,17 +29,20 @@ its marginal variances).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from tfda.da._checks import check_ensemble, observation_mask
+from tfda.da.filters.halo import check_shardable, sharded_analysis, sharding
 from tfda.da.filters.local import (
+    Sites,
+    apply_site_transforms,
     gaspari_cohn,
     great_circle_distance,
     grid_distance,
     local_statistics,
-    observation_moments,
     periodic_distance,
 )
 from tfda.da.protocols import ObservationOperator
@@ -57,7 +60,11 @@ class LETKF:
             precomputed (n_state, p) tensor; needed when radius is set.
         inflation: multiplicative inflation lambda >= 1 of the background covariance.
         rtps: relaxation-to-prior-spread factor alpha in [0, 1].
-        chunk: state components per batched eigen-decomposition.
+        chunk: local domains per batched eigen-decomposition (at most).
+        sites: one local analysis per site (a grid column) instead of per component,
+            when the taper depends only on position (:class:`da.filters.local.Sites`).
+        group: a process group: each rank analyses a slab of the local domains
+            (:mod:`da.filters.halo`); needs ``radius`` and a geometry ``distance``.
     """
 
     radius: float | None = None
@@ -65,6 +72,8 @@ class LETKF:
     inflation: float = 1.0
     rtps: float = 0.0
     chunk: int = 4096
+    sites: Any = None
+    group: Any = None
 
     def __post_init__(self) -> None:
         if self.radius is not None and not self.radius > 0:
@@ -77,6 +86,7 @@ class LETKF:
             raise ValueError(f"rtps must lie in [0, 1], got {self.rtps}")
         if self.chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        check_shardable(self.group, self.radius, self.distance)
 
     def settings(self) -> dict[str, Any]:
         return {"radius": self.radius, "inflation": self.inflation, "rtps": self.rtps,
@@ -89,47 +99,86 @@ class LETKF:
 
     def analysis(self, prior_ensemble: torch.Tensor, y: torch.Tensor,
                  obs_operator: ObservationOperator) -> torch.Tensor:
-        """Analysis ensemble (M, *state_shape); NaN in y are left out (with a warning)."""
-        check_ensemble("prior_ensemble", prior_ensemble)
-        m, state_shape = prior_ensemble.shape[0], tuple(prior_ensemble.shape[1:])
-        dtype = prior_ensemble.dtype
+        """Analysis ensemble (M, *state_shape); NaN in y are left out (with a warning).
+        With ``group`` (several processes) each rank analyses its slab of the local
+        domains from its halo of observations (:mod:`da.filters.halo`)."""
+        options = {"radius": self.radius, "distance": self.distance,
+                   "inflation": self.inflation, "rtps": self.rtps, "chunk": self.chunk}
+        if sharding(self.group):
+            return sharded_analysis(partial(letkf_analysis, **options), prior_ensemble, y,
+                                    obs_operator, geometry=self.distance, radius=self.radius,
+                                    sites=self.sites, group=self.group)
+        return letkf_analysis(prior_ensemble, y, obs_operator, sites=self.sites, **options)
+
+
+def letkf_analysis(
+    prior_ensemble: torch.Tensor,
+    y: torch.Tensor,
+    obs_operator: ObservationOperator,
+    *,
+    radius: float | None,
+    distance: Any,
+    inflation: float,
+    rtps: float,
+    chunk: int,
+    hx: torch.Tensor | None = None,
+    offset: int = 0,
+    sites: Sites | None = None,
+) -> torch.Tensor:
+    """The LETKF analysis (module docstring) of ``prior_ensemble`` (M, *state_shape).
+
+    ``hx``, ``offset``: a slab of the state (components offset .. offset + n - 1) with
+    the observation-space ensemble of the observations given (the sharded analysis)."""
+    check_ensemble("prior_ensemble", prior_ensemble)
+    m, state_shape = prior_ensemble.shape[0], tuple(prior_ensemble.shape[1:])
+    dtype = prior_ensemble.dtype
+    if hx is None:
         with torch.no_grad():
             hx = obs_operator(prior_ensemble)
-        y = torch.as_tensor(y, dtype=dtype, device=prior_ensemble.device)
-        std = torch.as_tensor(obs_operator.error.std, dtype=dtype, device=y.device)
-        _, valid = observation_mask(y, hx, std)
-        valid = valid.flatten()
-        r_inv = (1.0 / std.square()).expand(y.shape).flatten()[valid]
-        locations = getattr(obs_operator, "locations", None)
-        if self.radius is not None and locations is None and not isinstance(
-            self.distance, torch.Tensor
-        ):
-            raise ValueError("localisation needs obs_operator.locations (or a distance matrix)")
+    y = torch.as_tensor(y, dtype=dtype, device=prior_ensemble.device)
+    std = torch.as_tensor(obs_operator.error.std, dtype=dtype, device=y.device)
+    _, valid = observation_mask(y, hx, std)
+    valid = valid.flatten()
+    r_inv = (1.0 / std.square()).expand(y.shape).flatten()[valid]
+    locations = getattr(obs_operator, "locations", None)
+    if (radius is not None and (sites is None or sites.obs_site is None)
+            and locations is None and not isinstance(distance, torch.Tensor)):
+        raise ValueError("localisation needs obs_operator.locations (or a distance matrix)")
 
-        xb = prior_ensemble.reshape(m, -1)
-        xmean = xb.mean(0)
-        xpert = (xb - xmean).T  # (n, M)
-        hxf = hx.reshape(m, -1)[:, valid]
-        ypert = (hxf - hxf.mean(0)).T  # (p, M)
-        innov = y.flatten()[valid] - hxf.mean(0)  # (p,)
-        eye = torch.eye(m, dtype=dtype, device=xb.device)
+    xb = prior_ensemble.reshape(m, -1)
+    xmean = xb.mean(0)
+    xpert = (xb - xmean).T  # (n, M)
+    hxf = hx.reshape(m, -1)[:, valid]
+    ypert = (hxf - hxf.mean(0)).T  # (p, M)
+    innov = y.flatten()[valid] - hxf.mean(0)  # (p,)
+    eye = torch.eye(m, dtype=dtype, device=xb.device)
+    blocks = local_statistics(ypert, innov, r_inv, xb.shape[1], radius=radius,
+                              distance=distance, locations=locations, valid=valid,
+                              chunk=chunk, offset=offset, sites=sites)
+    if sites is not None:
+        transforms = torch.empty(sites.n_domains, m, m, dtype=dtype, device=xb.device)
+    else:
         increment = torch.empty_like(xmean)
         xa_pert = torch.empty_like(xpert)
-        blocks = local_statistics(observation_moments(ypert, innov), r_inv, xb.shape[1],
-                                  radius=self.radius,
-                                  distance=self.distance, locations=locations, valid=valid,
-                                  chunk=self.chunk)
-        for rows, c, b, _ in blocks:
-            a = (m - 1) / self.inflation * eye + c
-            lam, q = torch.linalg.eigh(a)
-            qt = q.transpose(1, 2)
-            wa = q @ ((qt @ b[:, :, None]) / lam[:, :, None])  # A^{-1} b, (chunk, M, 1)
-            wroot = q @ (((m - 1) / lam).sqrt()[:, :, None] * qt)  # [(M-1) A^{-1}]^{1/2}
-            xr = xpert[rows, None, :]  # (chunk, 1, M)
-            increment[rows] = (xr @ wa).reshape(-1)
-            xa_pert[rows] = (xr @ wroot).squeeze(1)
-        if self.rtps > 0:
-            sb = xpert.std(1, keepdim=True)
-            sa = xa_pert.std(1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-            xa_pert = xa_pert * (1.0 + self.rtps * (sb - sa) / sa)
-        return (xmean + increment + xa_pert.T).reshape(m, *state_shape)
+    for rows, c, b, _ in blocks:
+        a = (m - 1) / inflation * eye + c
+        lam, q = torch.linalg.eigh(a)
+        qt = q.transpose(1, 2)
+        wa = q @ ((qt @ b[:, :, None]) / lam[:, :, None])  # A^{-1} b, (chunk, M, 1)
+        wroot = q @ (((m - 1) / lam).sqrt()[:, :, None] * qt)  # [(M-1) A^{-1}]^{1/2}
+        if sites is not None:  # member j of the site: wa + W_a[:, j]
+            transforms[rows] = (wa + wroot).transpose(1, 2)
+            continue
+        xr = xpert[rows, None, :]  # (chunk, 1, M)
+        increment[rows] = (xr @ wa).reshape(-1)
+        xa_pert[rows] = (xr @ wroot).squeeze(1)
+    if sites is not None:
+        xa = apply_site_transforms(xmean, xpert, transforms, sites.state_site)
+        increment = xa.mean(1)  # W_a 1 = 1, so the members' mean is xbar + X w_a
+        xa_pert = xa - increment[:, None]
+        increment = increment - xmean
+    if rtps > 0:
+        sb = xpert.std(1, keepdim=True)
+        sa = xa_pert.std(1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        xa_pert = xa_pert * (1.0 + rtps * (sb - sa) / sa)
+    return (xmean + increment + xa_pert.T).reshape(m, *state_shape)

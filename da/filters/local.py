@@ -6,14 +6,17 @@ Gaspari-Cohn (1999, Eq. 4.10) taper of distance / c. The radius follows DAPPER's
 convention: c = radius * sqrt(10/3) (the taper then matches a Gaussian of length
 ``radius`` near 0) and observations beyond 2c are dropped.
 
-Distances come from a callable ``distance(state_index (n,), obs_locations) -> (n, p)``
-or a precomputed (n_state, p) matrix; :func:`periodic_distance` (Lorenz-96 ring) and
-:func:`grid_distance` (great circle on a (variable, lat, lon) state) are provided.
+Distances: :func:`periodic_distance` (Lorenz-96 ring) and :func:`grid_distance` (great
+circle on a (variable, lat, lon) state) are geometries (:mod:`da.filters.neighbours`):
+each local domain then meets only the observations within 2c, found by a k-d tree,
+in O(d) time and memory. Any other callable ``distance(state_index (n,), obs_locations)
+-> (n, p)`` or a precomputed (n_state, p) matrix is used densely (O(d p); the
+reference the neighbour search is tested against).
 
-:func:`local_statistics` yields, for chunks of state components, the three
+:func:`local_statistics` yields, for batches of local domains, the three
 ensemble-space quantities every local square-root or mixture analysis needs:
 Y^T R_loc^{-1} Y (M x M), Y^T R_loc^{-1} d (M) and d^T R_loc^{-1} d, batched over the
-chunk -- no Python loop over grid points.
+domains -- no Python loop over grid points.
 """
 
 from __future__ import annotations
@@ -25,10 +28,23 @@ from typing import Any
 
 import torch
 
+from tfda.da.filters.neighbours import (
+    Geometry,
+    GridDistance,
+    RingDistance,
+    element_budget,
+    site_blocks,
+    supports_neighbours,
+)
 from tfda.geo import great_circle_km as great_circle_distance
+
+__all__ = ["DistanceFn", "Geometry", "GridDistance", "RingDistance", "Sites",
+           "apply_site_transforms", "gaspari_cohn", "great_circle_distance", "grid_distance",
+           "grid_sites", "local_statistics", "localisation_weights", "periodic_distance"]
 
 DistanceFn = Callable[[torch.Tensor, Any], torch.Tensor]
 _GC_SCALE = math.sqrt(10.0 / 3.0)
+_BLOCK = 32  # domains per spatial block: the candidates of 32 neighbours overlap well
 
 
 def gaspari_cohn(r: torch.Tensor) -> torch.Tensor:
@@ -41,98 +57,75 @@ def gaspari_cohn(r: torch.Tensor) -> torch.Tensor:
     return out.clamp_min(0.0)
 
 
-def periodic_distance(n: int) -> DistanceFn:
+def periodic_distance(n: int) -> RingDistance:
     """Distance on a ring of ``n`` points (Lorenz-96): min(|i - l|, n - |i - l|)."""
-
-    def distance(state_index: torch.Tensor, obs_locations: Any) -> torch.Tensor:
-        loc = torch.as_tensor(obs_locations, dtype=torch.float64, device=state_index.device)
-        d = (state_index.to(torch.float64)[:, None] - loc[None, :]).abs() % n
-        return torch.minimum(d, n - d)
-
-    return distance
+    return RingDistance(n)
 
 
-def grid_distance(lat: torch.Tensor, lon: torch.Tensor) -> DistanceFn:
+def grid_distance(lat: torch.Tensor, lon: torch.Tensor) -> GridDistance:
     """Distance (km) from the components of a (..., lat, lon) state to observations at
     ``obs_locations`` (p, 2) = (lat, lon) degrees; leading state axes (variables)
     share their grid point's distance."""
-    lat = torch.as_tensor(lat, dtype=torch.float64)
-    lon = torch.as_tensor(lon, dtype=torch.float64)
-    n_grid = lat.numel() * lon.numel()
-    on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def distance(state_index: torch.Tensor, obs_locations: Any) -> torch.Tensor:
-        dev = state_index.device
-        loc = torch.as_tensor(obs_locations, dtype=torch.float64).to(dev)
-        if loc.ndim != 2 or loc.shape[1] != 2:
-            raise ValueError(f"obs locations must be (p, 2) lat/lon, got {tuple(loc.shape)}")
-        # the grid is copied to the rows' device once, not once per chunk of rows
-        if dev not in on_device:
-            on_device[dev] = (lat.to(dev), lon.to(dev))
-        lat_d, lon_d = on_device[dev]
-        g = state_index % n_grid
-        la, lo = lat_d[g // lon.numel()], lon_d[g % lon.numel()]
-        return great_circle_distance(la[:, None], lo[:, None], loc[None, :, 0], loc[None, :, 1])
-
-    return distance
+    return GridDistance(lat, lon)
 
 
 @dataclass(frozen=True)
 class Sites:
-    """Positions shared by several state components and observations.
+    """Positions shared by several state components (and observations).
 
-    ``state_site`` (n_state,) and ``obs_site`` (n_obs,) give each component's and each
-    observation's site index; ``locations`` the sites' positions, passed to the distance
-    callable as observation locations (its state index is then the site index).
-    :func:`grid_sites` builds them for a (variable, lat, lon) state observed everywhere.
+    ``state_site`` (n_state,) gives each component's site; ``locations`` the sites'
+    positions, passed to the distance as observation locations (its state index is then
+    the site index). One local analysis per site serves all of its components (the
+    LETKF's usual grid-column domain). ``obs_site`` (n_obs,) gives each observation's
+    site, when observations sit on sites (their moments are then summed per site
+    first); None when they lie elsewhere (stations), at the operator's ``locations``.
+    ``domains``: a slab of a sharded analysis analyses only its first sites; the others
+    are where its halo's observations sit.
+    :func:`grid_sites` builds them for a (variable, lat, lon) state.
     """
 
     state_site: torch.Tensor
-    obs_site: torch.Tensor
+    obs_site: torch.Tensor | None
     locations: torch.Tensor
+    domains: int | None = None  # only the first ``domains`` sites are analysed (a slab)
+
+    @property
+    def n_domains(self) -> int:
+        return len(self.locations) if self.domains is None else self.domains
 
 
-def grid_sites(lat: torch.Tensor, lon: torch.Tensor, n_variables: int) -> Sites:
-    """Sites of a (variable, lat, lon) state observed at every component (H = I): the grid
-    points, for :func:`grid_distance` (whose state index is taken modulo the grid)."""
+def grid_sites(lat: torch.Tensor, lon: torch.Tensor, n_variables: int, *,
+               obs_index: torch.Tensor | None = None, on_grid: bool = True) -> Sites:
+    """Sites of a (variable, lat, lon) state: its grid points, for :func:`grid_distance`
+    (whose state index is taken modulo the grid). Observations sit on the sites of the
+    components ``obs_index`` (flat state indices; None: every component, H = I), or, with
+    ``on_grid=False``, elsewhere (the operator's locations)."""
     lat = torch.as_tensor(lat, dtype=torch.float64)
     lon = torch.as_tensor(lon, dtype=torch.float64)
     la, lo = torch.meshgrid(lat, lon, indexing="ij")
     n_grid = la.numel()
     site = torch.arange(n_variables * n_grid) % n_grid
-    return Sites(site, site, torch.stack([la.flatten(), lo.flatten()], dim=1))
+    obs_site = None if not on_grid else site if obs_index is None else site[obs_index]
+    return Sites(site, obs_site, torch.stack([la.flatten(), lo.flatten()], dim=1))
 
 
-def observation_moments(
-    ypert: torch.Tensor, innov: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per observation o: y_o y_o^T (p, M^2), y_o d_o (p, M), d_o^2 (p,)."""
-    m = ypert.shape[1]
-    outer = (ypert[:, :, None] * ypert[:, None, :]).reshape(-1, m * m)
-    return outer, ypert * innov[:, None], innov * innov
+def _moments(ypert: torch.Tensor, innov: torch.Tensor) -> torch.Tensor:
+    """Per observation o, the row [y_o y_o^T (M^2), y_o d_o (M), d_o^2]: (..., M^2 + M + 1)."""
+    outer = (ypert[..., :, None] * ypert[..., None, :]).flatten(-2)
+    return torch.cat([outer, ypert * innov[..., None], (innov * innov)[..., None]], dim=-1)
 
 
-def site_moments(
-    ypert: torch.Tensor, innov: torch.Tensor, r_inv: torch.Tensor, obs_site: torch.Tensor,
-    n_sites: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The precision-weighted moments summed over the observations at each site.
+def _split(stats: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(D, M^2 + M + 1) -> Y^T R^-1 Y (D, M, M), Y^T R^-1 d (D, M), d^T R^-1 d (D,)."""
+    return stats[:, : m * m].reshape(-1, m, m), stats[:, m * m: m * m + m], stats[:, -1]
 
-    Where the taper depends only on where an observation is (a grid point shared by
-    several variables), the localised sums over observations become sums over sites:
-    the distance block shrinks from components x observations to sites x sites, and
-    one local analysis serves every variable at a site (the LETKF's usual grid-column
-    domain)."""
-    outer, yd, dd = observation_moments(ypert, innov)
-    zeros = torch.zeros
-    kw = {"dtype": ypert.dtype, "device": ypert.device}
-    return (zeros(n_sites, outer.shape[1], **kw).index_add_(0, obs_site, outer * r_inv[:, None]),
-            zeros(n_sites, yd.shape[1], **kw).index_add_(0, obs_site, yd * r_inv[:, None]),
-            zeros(n_sites, **kw).index_add_(0, obs_site, dd * r_inv))
+
+Statistics = Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def local_statistics(
-    moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ypert: torch.Tensor,
+    innov: torch.Tensor,
     r_inv: torch.Tensor,
     n_state: int,
     *,
@@ -142,38 +135,147 @@ def local_statistics(
     valid: torch.Tensor,
     chunk: int,
     offset: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (rows, Y^T R_loc^-1 Y, Y^T R_loc^-1 d, d^T R_loc^-1 d) per chunk of components.
+    sites: Sites | None = None,
+) -> Statistics:
+    """Yield (rows, Y^T R_loc^-1 Y, Y^T R_loc^-1 d, d^T R_loc^-1 d) per batch of domains.
 
     Args:
-        moments: :func:`observation_moments` of the used observations (or
-            :func:`site_moments`, with ``r_inv`` ones and ``locations`` the sites').
-        r_inv: the observations' precisions 1 / r_o, (p,).
-        n_state: number of state components (or sites).
+        ypert: observation-space perturbations Y of the used observations, (p, M).
+        innov: their innovations d, (p,); r_inv: their precisions 1 / r_o, (p,).
+        n_state: number of state components (of this shard).
         radius: localisation radius (units of the distance); None = global.
-        distance: callable or (n_state, p_all) matrix, as in the module docstring.
-        locations: observation locations passed to a distance callable.
-        valid: (p_all,) mask of the observations in use (the moments' rows).
-        chunk: state components per batch.
-        offset: global index of the first component (a shard of the state: the
-            distances are those of components offset .. offset + n_state - 1).
+        distance: a :class:`da.filters.neighbours.Geometry` (neighbour search, O(d)),
+            another callable or an (n_state, p_all) matrix (dense, O(d p)).
+        locations: the positions of all observations (p_all, ...).
+        valid: (p_all,) mask of the observations in use (the rows of ``ypert``).
+        chunk: domains per batch (at most).
+        offset: global index of the first component (a shard of the state).
+        sites: one domain per site instead of per component (:class:`Sites`).
 
-    The rows yielded are local (0 .. n_state - 1). Shapes yielded: rows (D,), (D, M, M),
-    (D, M), (D,) with D <= chunk.
+    The domains are the state components 0 .. n_state - 1 (local to the shard) or the
+    sites; ``rows`` (D,) lists the domains of a batch, in no particular order. Shapes
+    yielded: (D,), (D, M, M), (D, M), (D,).
     """
-    outer, yd, dd = moments
-    m = yd.shape[1]
-    for start in range(0, n_state, chunk):
-        rows = torch.arange(start, min(start + chunk, n_state), device=yd.device)
-        if radius is None:
-            yield (rows, (r_inv @ outer).reshape(1, m, m).expand(rows.numel(), m, m),
-                   (r_inv @ yd).expand(rows.numel(), m), (r_inv @ dd).expand(rows.numel()))
-            continue
-        w = localisation_weights(rows + offset, radius, distance, locations, valid)
-        w = w.to(yd.dtype) * r_inv
-        used = (w > 0).any(0)  # observations seen by this chunk only
-        w = w[:, used]
-        yield rows, (w @ outer[used]).reshape(-1, m, m), w @ yd[used], w @ dd[used]
+    m = ypert.shape[1]
+    n_domains = n_state if sites is None else sites.n_domains
+    if radius is None:
+        total = r_inv @ _moments(ypert, innov)
+        for start in range(0, n_domains, chunk):
+            rows = torch.arange(start, min(start + chunk, n_domains), device=ypert.device)
+            yield rows, *_split(total.expand(rows.numel(), -1), m)
+        return
+    source = _Sources.build(ypert, innov, r_inv, locations, valid, sites)
+    if supports_neighbours(distance):
+        yield from _neighbour_statistics(source, m, n_state, radius=radius, geometry=distance,
+                                         chunk=chunk, offset=offset, sites=sites)
+    else:
+        yield from _dense_statistics(source, m, n_domains, radius=radius, distance=distance,
+                                     chunk=chunk, offset=offset)
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """What the local sums run over: the used observations one by one (``moments`` None:
+    made per batch from ``ypert``, weights rho / r_o), or summed per site (``moments``
+    (n_groups, M^2 + M + 1) with the precision folded in, weights rho)."""
+
+    ypert: torch.Tensor
+    innov: torch.Tensor
+    r_inv: torch.Tensor
+    positions: Any
+    moments: torch.Tensor | None
+    valid: torch.Tensor  # the used columns of ``positions``: observations, or observed sites
+
+    @classmethod
+    def build(cls, ypert, innov, r_inv, locations, valid, sites) -> _Sources:
+        if sites is None or sites.obs_site is None:
+            positions = None if locations is None else torch.as_tensor(locations)
+            return cls(ypert, innov, r_inv, positions, None, valid)
+        # only the sites that hold an observation get a row of summed moments
+        observed, group = torch.unique(sites.obs_site.to(ypert.device)[valid],
+                                       return_inverse=True)
+        moments = torch.zeros(len(observed), ypert.shape[1] ** 2 + ypert.shape[1] + 1,
+                              dtype=ypert.dtype, device=ypert.device)
+        moments.index_add_(0, group, _moments(ypert, innov) * r_inv[:, None])
+        mask = torch.zeros(len(sites.locations), dtype=torch.bool, device=ypert.device)
+        mask[observed] = True
+        return cls(ypert, innov, r_inv, sites.locations, moments, mask)
+
+    def stats(self, cand: torch.Tensor) -> torch.Tensor:
+        """Moments of candidate sources ``cand`` (any shape, -1 = none) (..., Q)."""
+        safe = cand.clamp_min(0)
+        if self.moments is not None:
+            return self.moments[safe]
+        return _moments(self.ypert[safe], self.innov[safe])
+
+    def precision(self, cand: torch.Tensor) -> torch.Tensor:
+        """The factor the taper is multiplied by: 1 / r_o, or 1 for summed moments."""
+        if self.moments is not None:
+            return (cand >= 0).to(self.ypert.dtype)
+        return torch.where(cand >= 0, self.r_inv[cand.clamp_min(0)], 0.0)
+
+
+def _dense_statistics(source: _Sources, m: int, n_domains: int, *, radius: float,
+                      distance: Any, chunk: int, offset: int) -> Statistics:
+    """The reference path: each batch's distance to every observation, O(d p)."""
+    everything = torch.arange(int(source.valid.sum()), device=source.ypert.device)
+    for start in range(0, n_domains, chunk):
+        rows = torch.arange(start, min(start + chunk, n_domains), device=source.ypert.device)
+        w = localisation_weights(rows + offset, radius, distance, source.positions,
+                                 source.valid)
+        w = w.to(source.ypert.dtype) * source.precision(everything)
+        used = (w > 0).any(0)  # observations seen by this batch only
+        yield rows, *_split(w[:, used] @ source.stats(everything[used]), m)
+
+
+def _neighbour_statistics(source: _Sources, m: int, n_state: int, *, radius: float,
+                          geometry: Geometry, chunk: int, offset: int,
+                          sites: Sites | None) -> Statistics:
+    """The O(d) path: compact blocks of domains, each with the sources near it only."""
+    device, dtype = source.ypert.device, source.ypert.dtype
+    if sites is None:
+        domains = geometry.positions(torch.arange(offset, offset + n_state))
+    else:
+        domains = torch.as_tensor(sites.locations, dtype=torch.float64)[: sites.n_domains]
+    positions = torch.as_tensor(source.positions, dtype=torch.float64)[source.valid.cpu()]
+    cutoff = 2.0 * radius * _GC_SCALE
+    blocks = site_blocks(geometry, domains, positions, cutoff, size=_BLOCK)
+    domains, positions = domains.to(device), positions.to(device)
+    budget = element_budget(device, dtype)
+    for run in blocks.runs(budget // (_BLOCK + m * m + m + 1), max_blocks=max(chunk // _BLOCK, 1)):
+        rows, cand = (t.to(device) for t in blocks.batch(run))
+        d = geometry.between(domains[rows.clamp_min(0)][:, :, None],
+                             positions[cand.clamp_min(0)][:, None, :])
+        w = gaspari_cohn(d / (radius * _GC_SCALE)).to(dtype) * (rows >= 0)[..., None]
+        w = w * source.precision(cand)[:, None, :]
+        stats = torch.bmm(w, source.stats(cand))
+        keep = rows >= 0
+        yield rows[keep], *_split(stats[keep], m)
+
+
+def apply_site_transforms(xmean: torch.Tensor, xpert: torch.Tensor, transforms: torch.Tensor,
+                          state_site: torch.Tensor) -> torch.Tensor:
+    """x_a[i, j] = xbar_i + sum_k T_s[j, k] X[i, k] with s the site of component i:
+    (n, M), with no (n, M, M) temporary.
+
+    On a (variable, lat, lon) state with one site per grid column (``grid_sites``) the
+    components of a site are every n_sites-th: one batched product per site, (M, M) by
+    (M, variables). Otherwise components are taken in bounded batches."""
+    n, m = xpert.shape
+    n_sites = transforms.shape[0]
+    state_site = state_site.to(xpert.device)
+    if n % n_sites == 0 and torch.equal(
+            state_site, torch.arange(n, device=xpert.device) % n_sites):
+        columns = xpert.reshape(n // n_sites, n_sites, m).permute(1, 2, 0)  # (site, M, var)
+        xa = (transforms @ columns).permute(2, 0, 1).reshape(n, m)
+        return xa.add_(xmean[:, None])
+    xa = torch.empty_like(xpert)
+    step = max(element_budget(xpert.device, xpert.dtype) // (m * m), 1)
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        t = transforms[state_site[part]]
+        xa[part] = xmean[part, None] + (t @ xpert[part, :, None]).squeeze(-1)
+    return xa
 
 
 def localisation_weights(

@@ -20,7 +20,7 @@ from tfda.diagnostics.track_metrics import lead_day_metrics
 from tfda.diagnostics.tracking import StormTracker
 from tfda.experiments import rundir
 from tfda.experiments.cycle import model_coords
-from tfda.experiments.factories import make_filter
+from tfda.experiments.factories import analysis_group, make_filter
 from tfda.experiments.lee.config import TRACK_VARIABLES, LeeConfig
 from tfda.experiments.lee.inputs import prepare_inputs, steps_in
 from tfda.experiments.lee.io import begin_run, finish_run, write_outputs
@@ -28,9 +28,10 @@ from tfda.experiments.plot_tracks import plot_run
 from tfda.geo import great_circle_km
 
 
-def make_ensf(cfg: LeeConfig, model: Any, group: Any = None):
+def make_ensf(cfg: LeeConfig, model: Any, group: Any = None, shards: Any = None):
     """The EnSF the ``ensf_*`` keys describe; the kernel EnSF localised on the model grid
-    (one local analysis per grid point within ``ensf_radius_km``)."""
+    (one local analysis per grid column within ``ensf_radius_km``), sharded over
+    ``shards`` (a process group) when the study runs on several processes."""
     from tfda.da.filters import grid_distance
     from tfda.da.filters.local import grid_sites
 
@@ -44,13 +45,21 @@ def make_ensf(cfg: LeeConfig, model: Any, group: Any = None):
                                           mode=cfg.parareal_mode, slice_group=group)
     if cfg.ensf_score == "kernel" and cfg.ensf_radius_km is not None:
         fixed.update(radius=cfg.ensf_radius_km, distance=grid_distance(model.lat, model.lon))
-        if not cfg.observes_stations:  # H = I: one local analysis per grid column
-            fixed["sites"] = grid_sites(model.lat, model.lon, len(model.variables))
+        # one local analysis per grid column: H = I puts the observations on the columns,
+        # stations lie between them
+        fixed["sites"] = grid_sites(model.lat, model.lon, len(model.variables),
+                                    on_grid=not cfg.observes_stations)
+    if shards is not None:  # several processes: each analyses a slab of columns
+        if "sites" not in fixed:
+            raise ValueError("several processes shard the localised kernel EnSF: set "
+                             "ensf_score = 'kernel' and ensf_radius_km")
+        fixed["group"] = shards
     return make_filter("ensf", options, where="ensf options", fixed=fixed)
 
 
 def cycle_to_day0(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None, *,
-                  checkpoint: bool = True, on_save=None) -> dict[str, Any]:
+                  checkpoint: bool = True, on_save=None,
+                  shards: Any = None) -> dict[str, Any]:
     """Day -3 ensemble from the observations, then forecast/EnSF-analysis cycles to Day 0
     through :func:`da.cycle.run_cycle`, checkpointed after every analysis (the file name
     carries a hash of the configuration, so another set-up never resumes from it)."""
@@ -69,11 +78,11 @@ def cycle_to_day0(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None
     n = steps_in(model, gaps.pop(), "obs_days")
     fp = cfg.fingerprint()
     assimilated = obs.assimilated.to(device)
-    ds = run_cycle(model, make_ensf(cfg, model, group), obs.operator, ens,
+    ds = run_cycle(model, make_ensf(cfg, model, group, shards), obs.operator, ens,
                    n_cycles=len(obs.times) - 1, observations=lambda k, _truth: assimilated[k],
                    steps_per_cycle=n, seed=cfg.seed + 100,
-                   checkpointer=FileCheckpointer(ckpt_dir / f"cycle-{fp}.pt", on_save=on_save)
-                   if checkpoint else None,
+                   checkpointer=FileCheckpointer(ckpt_dir / f"cycle-{fp}.pt", on_save=on_save,
+                                                 read_only=not checkpoint),
                    progress=cfg.progress, coords=model_coords(model, tuple(ens.shape[1:])))
     ens = torch.as_tensor(ds["ensemble"].values).to(device)
     log = [{"time": obs.times[k].isoformat(),
@@ -107,7 +116,7 @@ def forecast_tracks(cfg: LeeConfig, model, ens: torch.Tensor, first_guess, steps
 def distributed_group(cfg: LeeConfig):
     """(slice group, rank) for Parareal across ranks; (None, 0) otherwise."""
     if cfg.parareal_slices <= 0 or cfg.parareal_mode != "distributed":
-        return None, 0
+        return None, analysis_group()[1]
     from tfda.da import distributed
 
     ctx = distributed.init()
@@ -132,8 +141,9 @@ def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
     clock = rundir.WallClock(out / "checkpoints" / f"wall-{cfg.fingerprint()}.json")
     model = inputs.model.to(device)
     obs = inputs.observations
+    sharded = analysis_group()[0] if group is None else None
     cyc = cycle_to_day0(cfg, model, obs, out / "checkpoints", device, group, checkpoint=writer,
-                 on_save=clock.checkpoint)
+                        on_save=clock.checkpoint, shards=sharded)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
     y0 = obs.y[-1].to(device)
     baseline = y0[None] + obs.error.sample((cfg.members, *y0.shape), generator=gen,

@@ -119,7 +119,82 @@ def run_checks(group: dist.ProcessGroup) -> dict[str, object]:
             result[f"gather_dev_{name}"] = float((full - ode_ref).abs().max()
                                                  / ode_ref.abs().max())
     result["kernel_float64"] = _kernel_check(group, layout, d)
+    result.update(_halo_checks(group))
     return result
+
+
+def _halo_checks(group: dist.ProcessGroup) -> dict[str, float]:
+    """LETKF and kernel EnSF given the process group (each rank a slab of the domains, its
+    halo of observations fetched point to point) against the same filter in one process:
+    on a ring (every 3rd component observed through arctan, one observation missing) and
+    on a 2-variable lat/lon grid observed at every 2nd column (one analysis per column)."""
+    from tfda.da.filters import LETKF, EnSF, grid_distance
+    from tfda.da.filters.halo import fetch_halo, plan_halo
+    from tfda.da.filters.local import grid_sites
+    from tfda.observations.operators import Arctan, Subset
+
+    rank = dist.get_rank(group)
+    g = torch.Generator().manual_seed(7)
+    out: dict[str, float] = {}
+    n, m = 301, 8
+    prior = 1.0 + torch.randn(m, n, generator=g, dtype=torch.float64)
+    where = torch.arange(0, n, 3)
+    op = Subset(0.1, indices=where)  # positions = the observed components
+    y = torch.randn(len(where), generator=g, dtype=torch.float64).atan()
+    y[5] = float("nan")
+    arctan = _Composed(op, Arctan(0.1))
+    ring = periodic_distance(n)
+    filters = {"letkf_ring": LETKF(radius=5.0, distance=ring, inflation=1.05, chunk=64),
+               "kernel_ring": EnSF(radius=5.0, distance=ring, steps=4, bandwidth=0.9,
+                                   domains_per_batch=64)}
+    for name, f in filters.items():
+        import dataclasses
+        ref = f(prior, y, arctan)
+        got = dataclasses.replace(f, group=group)(prior, y, arctan)
+        out[name] = float((got - ref).abs().max() / ref.abs().max())
+    # the halo is what a slab receives, not the whole observation-space ensemble
+    halo = plan_halo(ring, ring.positions(torch.arange(n)), where.to(torch.float64), 5.0, rank,
+                     dist.get_world_size(group))
+    own = torch.nonzero(halo.owner == rank).flatten()
+    hx = arctan(prior)
+    got, received = fetch_halo(hx[:, own], halo, group)
+    out["halo_values"] = float((got - hx[:, halo.needed]).abs().max())
+    # brute force: the observations of other slabs within 2c (the taper's support)
+    slab = torch.arange(halo.domains.start, halo.domains.stop)
+    near = ring(slab, where.to(torch.float64)).min(0).values <= 2.0 * 5.0 * (10.0 / 3.0) ** 0.5
+    foreign = near & (halo.owner != rank)
+    expected = set(torch.nonzero(near).flatten().tolist())
+    out["halo_bytes_ok"] = float(received == m * int(foreign.sum()) * 8
+                                 and set(halo.needed.tolist()) == expected
+                                 and (dist.get_world_size(group) == 1 or received > 0))
+    lat = torch.linspace(60.0, -60.0, 9, dtype=torch.float64)
+    lon = torch.arange(0.0, 360.0, 20.0, dtype=torch.float64)
+    nv, ng = 2, 9 * 18
+    grid_prior = torch.randn(m, nv, 9, 18, generator=g, dtype=torch.float64)
+    index = torch.arange(0, nv * ng, 2)
+    sites = grid_sites(lat, lon, nv, obs_index=index)
+    obs = Subset(0.5, indices=index)
+    gy = grid_prior.reshape(m, -1)[0, index] + 0.3
+    dist_km = grid_distance(lat, lon)
+    for name, f in {"letkf_grid": LETKF(radius=1500.0, distance=dist_km, sites=sites),
+                    "kernel_grid": EnSF(radius=1500.0, distance=dist_km, sites=sites, steps=4,
+                                        bandwidth=0.9)}.items():
+        import dataclasses
+        ref = f(grid_prior, gy, obs)
+        got = dataclasses.replace(f, group=group)(grid_prior, gy, obs)
+        out[name] = float((got - ref).abs().max() / ref.abs().max())
+    return out
+
+
+class _Composed:
+    """arctan of a subset: an operator with the subset's positions."""
+
+    def __init__(self, subset, arctan) -> None:
+        self.subset, self.arctan = subset, arctan
+        self.error, self.locations = subset.error, subset.locations
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.atan(self.subset(x))
 
 
 def _kernel_check(group: dist.ProcessGroup, layout: ShardLayout, d: int) -> float:

@@ -5,9 +5,12 @@ features (not divisible by 2, 3 or 4) on the groups of their first P ranks:
 the score alone, full Heun ODE runs and full SDE runs (counter-based noise) with
 a fixed seed, in float32 (1e-6 relative) and float64 (1e-12), the localised
 kernel EnSF analysis with the state sharded (float64, 1e-12), the N x M logit
-payload of every all_reduce, and scatter/gather at the edges. The same launch then
-builds the 2 x 2 rank grid of da.distributed and checks that distributed, sharded
-Parareal equals the serial single-process fine solve. See _mp_sharded_checks.py.
+payload of every all_reduce, and scatter/gather at the edges; the LETKF and the
+kernel EnSF given the process group (a slab of the local domains per rank, only the
+halo of observations received: da.filters.halo) on a ring and on a lat/lon grid.
+The same launch then builds the 2 x 2 rank grid of da.distributed and checks that
+distributed, sharded Parareal equals the serial single-process fine solve.
+See _mp_sharded_checks.py.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ def _assert_all(report: dict) -> None:
             assert r[f"ode_payload_{name}"] == 2 * N_STEPS * N_POINTS * N_PRIOR * ITEMSIZE[name]
         # the sharded kernel EnSF analysis: shards == the single-process components
         assert r["kernel_float64"] <= 1e-12, (p, r["kernel_float64"])
+        # filters given the group: slabs with their halos == one process (da.filters.halo)
+        for key in ("letkf_ring", "kernel_ring", "letkf_grid", "kernel_grid"):
+            assert r[key] <= 1e-12, (p, key, r[key])
+        assert r["halo_values"] == 0.0 and r["halo_bytes_ok"] == 1.0, p
     grid = report["grid"]
     assert grid["grid"] == [2, 2]
     assert "not a multiple of shard_size = 3" in grid["grid_errors"][0]

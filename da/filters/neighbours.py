@@ -1,0 +1,250 @@
+"""Which observations are near which analysis sites: the one neighbour search behind
+every local analysis (LETKF, kernel EnSF, scattered points, the sharded halo).
+
+A local analysis at a site needs only the observations within the taper's support
+(2c, :mod:`da.filters.local`). Measuring the distance from every site to every
+observation costs O(sites x observations) time and memory -- 1e12 numbers for a
+FourCastNet-size state. Instead a geometry embeds positions in R^k such that the
+straight-line (chord) distance grows with the geometry's own distance -- the ring of
+Lorenz-96 on a circle, the sphere as unit vectors scaled by the Earth's radius -- so a
+k-d tree (scipy's cKDTree, built once per analysis) answers "which observations lie
+within 2c" exactly, with no false negatives. The sites are cut into small, spatially
+compact blocks (a k-d partition of the embedded points); each block gets the
+observations within (block radius + 2c) of its centre, a superset of every member's
+neighbourhood, and the taper is then evaluated only on (block x candidates): the
+time and memory per site are bounded by the local observation density, O(d) in all.
+
+Two geometries are provided; both are also the dense distance callables of the
+original contract ``distance(state_index (n,), obs_locations) -> (n, p)``:
+
+* :class:`RingDistance` (Lorenz-96, positions in grid units, periodic);
+* :class:`GridDistance` (great-circle km on a (variable, lat, lon) state).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from tfda.geo import EARTH_RADIUS_KM, great_circle_km
+
+# chords are enlarged by this relative margin so round-off never drops a neighbour;
+# extra candidates cost nothing (their taper is exactly 0 beyond 2c)
+_MARGIN = 1e-9
+
+
+@runtime_checkable
+class Geometry(Protocol):
+    """A distance with an embedding, so neighbours can be found without a dense matrix."""
+
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        """Positions of state components ``index`` (the same form as observation
+        locations: (n,) on a ring, (n, 2) lat/lon degrees on a grid)."""
+        ...
+
+    def between(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Elementwise distances between positions ``a`` and ``b`` (broadcasting)."""
+        ...
+
+    def embed(self, positions: torch.Tensor) -> np.ndarray:
+        """Points (n, k) in R^k whose Euclidean distance grows with :meth:`between`."""
+        ...
+
+    def chord(self, distance: float) -> float:
+        """The largest embedded distance of two positions ``distance`` apart."""
+        ...
+
+
+@dataclass(frozen=True)
+class RingDistance:
+    """Distance on a ring of ``n`` points (Lorenz-96): min(|i - l| mod n, n - ...)."""
+
+    n: int
+
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        return index.to(torch.float64)
+
+    def between(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d = (a - b).abs() % self.n
+        return torch.minimum(d, self.n - d)
+
+    def embed(self, positions: torch.Tensor) -> np.ndarray:
+        theta = 2.0 * math.pi * positions.detach().cpu().to(torch.float64).numpy() / self.n
+        return (self.n / (2.0 * math.pi)) * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+
+    def chord(self, distance: float) -> float:
+        half = min(distance, self.n / 2.0)
+        return (self.n / math.pi) * math.sin(math.pi * half / self.n)
+
+    def __call__(self, state_index: torch.Tensor, obs_locations: Any) -> torch.Tensor:
+        loc = torch.as_tensor(obs_locations, dtype=torch.float64, device=state_index.device)
+        return self.between(self.positions(state_index)[:, None], loc[None, :])
+
+
+@dataclass(frozen=True)
+class GridDistance:
+    """Great-circle km from the components of a (..., lat, lon) state (leading axes,
+    the variables, share their grid point) to (lat, lon) positions in degrees."""
+
+    lat: torch.Tensor
+    lon: torch.Tensor
+    _on_device: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lat", torch.as_tensor(self.lat, dtype=torch.float64).cpu())
+        object.__setattr__(self, "lon", torch.as_tensor(self.lon, dtype=torch.float64).cpu())
+
+    def _grid(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # copied to a device once, not once per block of sites
+        if device not in self._on_device:
+            self._on_device[device] = (self.lat.to(device), self.lon.to(device))
+        return self._on_device[device]
+
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        lat, lon = self._grid(index.device)
+        g = index % (lat.numel() * lon.numel())
+        return torch.stack([lat[g // lon.numel()], lon[g % lon.numel()]], dim=-1)
+
+    def between(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return great_circle_km(a[..., 0], a[..., 1], b[..., 0], b[..., 1])
+
+    def embed(self, positions: torch.Tensor) -> np.ndarray:
+        p = np.radians(positions.detach().cpu().to(torch.float64).numpy())
+        cos_lat = np.cos(p[:, 0])
+        return EARTH_RADIUS_KM * np.stack(
+            [cos_lat * np.cos(p[:, 1]), cos_lat * np.sin(p[:, 1]), np.sin(p[:, 0])], axis=1)
+
+    def chord(self, distance: float) -> float:
+        return 2.0 * EARTH_RADIUS_KM * math.sin(min(distance / (2.0 * EARTH_RADIUS_KM),
+                                                    math.pi / 2.0))
+
+    def __call__(self, state_index: torch.Tensor, obs_locations: Any) -> torch.Tensor:
+        loc = torch.as_tensor(obs_locations, dtype=torch.float64).to(state_index.device)
+        if loc.ndim != 2 or loc.shape[1] != 2:
+            raise ValueError(f"obs locations must be (p, 2) lat/lon, got {tuple(loc.shape)}")
+        return self.between(self.positions(state_index)[:, None], loc[None, :])
+
+
+def compact_blocks(points: np.ndarray, size: int) -> np.ndarray:
+    """Site indices (n_blocks, size), -1 padded: ``points`` (n, k) cut by recursive
+    bisection along the widest axis of each piece (a k-d partition, all pieces of a level
+    at once) until every piece holds at most ``size``, so every block is a small box."""
+    n = len(points)
+    order = np.arange(n)
+    starts = np.array([0, n])
+    while True:
+        sizes = np.diff(starts)
+        big = sizes > size
+        if not big.any():
+            break
+        seg = np.repeat(np.arange(len(sizes)), sizes)
+        pts = points[order]
+        extent = np.maximum.reduceat(pts, starts[:-1]) - np.minimum.reduceat(pts, starts[:-1])
+        axis = np.argmax(extent, axis=1)
+        order = order[np.lexsort((pts[np.arange(n), axis[seg]], seg))]
+        # split a piece of b blocks into b // 2 full blocks and the rest
+        cut = starts[:-1][big] + size * (-(-sizes[big] // size) // 2)
+        starts = np.union1d(starts, cut)
+    sizes = np.diff(starts)
+    block = np.repeat(np.arange(len(sizes)), sizes)
+    padded = np.full((len(sizes), size), -1, dtype=np.int64)
+    padded[block, np.arange(n) - starts[:-1][block]] = order
+    return padded
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Sites grouped into compact blocks with their candidate observations.
+
+    ``sites`` (n_blocks, size): site indices, -1 padding. The candidates of block b are
+    ``flat[offsets[b]:offsets[b + 1]]`` (source indices, sorted). Blocks are ordered by
+    candidate count so that consecutive blocks pad to similar widths (:meth:`batch`)."""
+
+    sites: torch.Tensor
+    flat: torch.Tensor
+    offsets: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.sites.shape[0]
+
+    @property
+    def count(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def runs(self, max_width_items: int, max_blocks: int) -> list[slice]:
+        """Runs of at most ``max_blocks`` consecutive blocks whose padded (blocks x width)
+        stays under ``max_width_items`` (at least one block per run)."""
+        out, start = [], 0
+        counts = self.count.tolist()
+        while start < len(counts):
+            stop = start + 1
+            while (stop < len(counts) and stop - start < max_blocks
+                   and (stop + 1 - start) * counts[stop] <= max_width_items):
+                stop += 1
+            out.append(slice(start, stop))
+            start = stop
+        return out
+
+    def batch(self, run: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sites (B, size), candidates (B, width)) of a run of blocks, -1 padded."""
+        count = self.count[run]
+        width = max(int(count.max()), 1)
+        first = self.offsets[run.start:run.stop]
+        col = torch.arange(width)
+        take = first[:, None] + col[None, :]
+        valid = col[None, :] < count[:, None]
+        cand = torch.where(valid, self.flat[take.clamp_max(max(len(self.flat) - 1, 0))]
+                           if len(self.flat) else torch.zeros_like(take), -1)
+        return self.sites[run], cand
+
+
+def site_blocks(geometry: Geometry, site_positions: torch.Tensor,
+                source_positions: torch.Tensor, cutoff: float, *, size: int = 32) -> Blocks:
+    """Cut the sites into blocks of ``size`` and find, per block, every source within
+    ``cutoff`` (the geometry's distance) of any of its sites (and possibly a few more)."""
+    from scipy.spatial import cKDTree
+
+    sites = geometry.embed(site_positions)
+    sources = geometry.embed(source_positions)
+    padded = compact_blocks(sites, size)
+    n_blocks = len(padded)
+    pts = sites[np.maximum(padded, 0)]
+    mask = (padded >= 0)[..., None]
+    centre = (pts * mask).sum(1) / mask.sum(1)
+    reach = np.sqrt((((pts - centre[:, None]) ** 2).sum(-1) * mask[..., 0]).max(1))
+    radius = (reach + geometry.chord(cutoff)) * (1.0 + _MARGIN) + _MARGIN
+    found = cKDTree(sources).query_ball_point(centre, radius, return_sorted=True)
+    count = np.fromiter((len(f) for f in found), dtype=np.int64, count=n_blocks)
+    by_count = np.argsort(count, kind="stable")
+    flat = np.concatenate([np.asarray(found[b], dtype=np.int64) for b in by_count]
+                          or [np.zeros(0, dtype=np.int64)])
+    offsets = np.concatenate([[0], np.cumsum(count[by_count])])
+    return Blocks(torch.from_numpy(padded[by_count]), torch.from_numpy(flat),
+                  torch.from_numpy(offsets))
+
+
+def element_budget(device: torch.device, dtype: torch.dtype) -> int:
+    """How many numbers one temporary of a batch may hold: 1/64 of the memory free on
+    ``device`` (CUDA), or of the machine's available memory, between 1e5 and 3e7."""
+    free = None
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = None
+    if free is None:
+        free = 2 << 30
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return int(min(max(free // 64 // itemsize, 100_000), 30_000_000))
+
+
+def supports_neighbours(distance: Any) -> bool:
+    """Whether ``distance`` can find neighbours without a dense matrix."""
+    return isinstance(distance, Geometry) and not isinstance(distance, torch.Tensor)
