@@ -265,14 +265,20 @@ def hashed(cfg: CycleConfig) -> dict[str, Any]:
     return plain
 
 
-def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
-    """Run the cycle described by ``cfg`` (see the module docstring) into ``out``."""
+COMMAND = "tfda cycle"
+
+
+def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True,
+        force: bool = False):
+    """Run the cycle described by ``cfg`` (see the module docstring) into ``out``,
+    through ``out``'s staging directory (experiments.rundir): ``out`` changes only
+    when the run is complete; a killed run resumes from the staged checkpoint."""
     from tfda import models
     from tfda.da.cycle import run_cycle
     from tfda.experiments.checkpoint import FileCheckpointer
 
     fp = rundir.fingerprint(hashed(cfg))
-    rundir.check_out_dir(out)
+    rundir.check_out_dir(out, command=COMMAND, force=force)
     points = _read_points(cfg.observations.file) if cfg.observations.file else None
     model = models.load(cfg.model.name, **check_call(
         models.base._resolve(cfg.model.name), cfg.model.options, "model.options"))
@@ -289,26 +295,27 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
                            fixed={"distance": model_distance(model)}
                            if _localised(cfg.filter) else None)
     # stale results of another configuration go; this one's checkpoint stays to resume
-    out = rundir.begin(out, ["cycle.nc", "summary.json", "checkpoint-*.pt", "wall-*.json"]
-                       if not (Path(out) / f"checkpoint-{fp}.pt").exists()
-                       else ["cycle.nc", "summary.json"], config=to_plain(cfg))
-    clock = rundir.WallClock(out / f"wall-{fp}.json")
-    ckpt = FileCheckpointer(out / f"checkpoint-{fp}.pt", on_save=clock.checkpoint)
+    resume = rundir.staging_dir(out) / f"checkpoint-{fp}.pt"
+    staging = rundir.begin(out, ["cycle.nc", "summary.json", "checkpoint-*.pt", "wall-*.json"]
+                           if not resume.exists() else ["cycle.nc", "summary.json"],
+                           command=COMMAND, config=to_plain(cfg), force=force)
+    clock = rundir.WallClock(staging / f"wall-{fp}.json")
+    ckpt = FileCheckpointer(staging / f"checkpoint-{fp}.pt", on_save=clock.checkpoint)
     ds = run_cycle(model, analysis, operator, ensemble, n_cycles=cfg.cycle.n_cycles,
                    truth=truth, steps_per_cycle=cfg.cycle.steps_per_cycle,
                    observations=None if observed is None else (
                        lambda k, _truth: observed[k - 1].to(truth.device)),
                    seed=cfg.cycle.seed, checkpointer=ckpt, progress=progress,
                    coords=model_coords(model, tuple(truth.shape)))
-    with rundir.atomic_path(out / "cycle.nc", suffix=".nc") as tmp:
+    with rundir.atomic_path(staging / "cycle.nc", suffix=".nc") as tmp:
         ds.to_netcdf(tmp)
     summary = {"last_10_cycles": {m: float(ds[m].values[-10:].mean())
                                   for m in ("rmse_a", "spread_a", "rmse_f")},
                "wall_seconds": clock.total()}
-    rundir.write_json(out / "summary.json", summary)
+    rundir.write_json(staging / "summary.json", summary)
     ckpt.clear()
     clock.clear()
-    rundir.finish(out, summary)
+    rundir.finish(staging, summary)
     return ds, summary
 
 
@@ -318,12 +325,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", help="TOML file (see experiments/configs/)")
     p.add_argument("--out", help="run directory (default: [cycle] out, else runs/cycle)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out that is not a `tfda cycle` run directory (files "
+                        "of the same names are replaced, others kept)")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
-    out = rundir.check_out_dir(args.out or cfg.cycle.out)
+    out = rundir.check_out_dir(args.out or cfg.cycle.out,
+                               "--out" if args.out else f"config {args.config}: cycle.out",
+                               command=COMMAND, force=args.force)
     print(f"tfda cycle: {cfg.model.name} + {cfg.filter.name}, {cfg.ensemble.members} members, "
           f"{cfg.cycle.n_cycles} cycles -> {out}", flush=True)
-    _, summary = run(cfg, out, progress=not args.no_progress)
+    _, summary = run(cfg, out, progress=not args.no_progress, force=args.force)
     last = summary["last_10_cycles"]
     print(f"{out}: mean over the last 10 cycles: rmse_a = {last['rmse_a']:.4f}, "
           f"spread_a = {last['spread_a']:.4f}, rmse_f = {last['rmse_f']:.4f} "

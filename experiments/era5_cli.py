@@ -91,7 +91,38 @@ def _parser() -> ArgumentParser:
     q.add_argument("--out", required=True, help="output netCDF file")
     q.add_argument("--allow-any-grid", action="store_true",
                    help="skip the check for FourCastNet's 721x1440 0.25-degree grid")
+    q.add_argument("--force", action="store_true",
+                   help="replace an existing --out file that tfda did not write")
     return p
+
+
+def check_prepare_out(out: str, inputs: list[str], force: bool) -> None:
+    """``prepare --out``: a file to write, never one of the ``--in`` files, and an existing
+    file only when tfda wrote it (its ``history`` says so) or ``--force``."""
+    target = Path(out)
+    if target.is_dir():
+        raise UserError(f"--out {out}: is a directory; give the netCDF file to write")
+    check_out_dir(target.parent, "--out")
+    for item in inputs:
+        src = Path(item)
+        inside = src.is_dir() and target.absolute().parent.resolve() == src.resolve()
+        if inside or (target.exists() and src.exists() and src.samefile(target)):
+            raise UserError(f"--out {out}: is (or lies in) --in {item}; write the prepared "
+                            "file elsewhere, the input stays as it is")
+    if not target.exists():
+        return
+    if force:
+        return
+    try:
+        import netCDF4
+
+        with netCDF4.Dataset(target) as nc:
+            ours = "written by tfda" in str(getattr(nc, "history", ""))
+    except OSError:
+        ours = False
+    if not ours:
+        raise UserError(f"--out {out}: exists and was not written by tfda; choose another "
+                        "file, or add --force to replace it")
 
 
 def check_channels(tensor: torch.Tensor, coords: dict) -> None:
@@ -157,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(paths)} ERA5 files for {len(times)} times in {args.out}")
             return 0
         times = _window(args, required=False)
-        if Path(args.out).is_dir():
-            raise UserError(f"--out {args.out}: is a directory; give the netCDF file to write")
-        check_out_dir(Path(args.out).parent, "--out")
+        check_prepare_out(args.out, args.inputs, args.force)
         inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
         try:
             tensor, coords = era5.load_era5(inputs, times, channels=channels)
