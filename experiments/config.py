@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import os
 import tomllib
 import types
@@ -110,6 +111,8 @@ def convert(tp: Any, value: Any, key: str) -> Any:
         raise bad
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML reads inf and nan; no setting means them
+                raise UserError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         raise bad
     if tp is str:

@@ -77,6 +77,15 @@ class TruthSection:
     vmax: float = 40.0
     rmax_km: float = 150.0
 
+    def __post_init__(self) -> None:
+        if self.spin_up_steps < 0:
+            raise ValueError(f"spin_up_steps must be >= 0, got {self.spin_up_steps}")
+        if not -90 <= self.lat <= 90:
+            raise ValueError(f"lat: latitude {self.lat} is not within -90 .. 90")
+        for key in ("vmax", "rmax_km"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class EnsembleSection:
@@ -86,8 +95,8 @@ class EnsembleSection:
     def __post_init__(self) -> None:
         if self.members < 2:
             raise ValueError(f"members must be >= 2, got {self.members}")
-        if self.spread < 0:
-            raise ValueError(f"spread must be >= 0, got {self.spread}")
+        if not self.spread > 0:  # 0: every member the truth, a meaningless rmse of 0
+            raise ValueError(f"spread must be > 0, got {self.spread}")
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,7 @@ def load_config(path: str | os.PathLike) -> CycleConfig:
         # a radius takes the model's distance (run); checked here with a stand-in
         make_filter(cfg.filter.name, cfg.filter.options, where="filter.options",
                     fixed={"distance": "the model's"} if _localised(cfg.filter) else None)
+        check_steps(cfg)
         if cfg.observations.file is not None:  # relative to the config file
             table = Path(path).parent / cfg.observations.file
             cfg = replace(cfg, observations=replace(cfg.observations, file=str(table)))
@@ -163,6 +173,39 @@ def load_config(path: str | os.PathLike) -> CycleConfig:
     except UserError as exc:
         raise UserError(f"config {path}: {exc}") from exc
     return cfg
+
+
+def check_steps(cfg: CycleConfig) -> None:
+    """The step counts the run needs, before any work (experiments.resources)."""
+    from tfda.experiments import resources
+
+    cyc = cfg.cycle
+    try:
+        resources.check_steps("truth.spin_up_steps", cfg.truth.spin_up_steps, "model steps")
+        resources.check_steps("cycle.n_cycles", cyc.n_cycles * cyc.steps_per_cycle,
+                              "model steps")
+        steps = cfg.filter.options.get("steps")
+        if isinstance(steps, int) and cfg.filter.name == "ensf":
+            resources.check_steps("filter.options.steps", steps * cyc.n_cycles,
+                                  "sampler steps")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def check_memory(cfg: CycleConfig, model: Any) -> None:
+    """The ensemble's memory against the machine's, once the model (its grid) is known."""
+    from tfda.experiments import resources
+
+    size = getattr(model, "nx", None)
+    if size is None and all(hasattr(model, a) for a in ("variables", "lat", "lon")):
+        size = len(model.variables) * len(model.lat) * len(model.lon)
+    if size is not None:
+        members = cfg.ensemble.members
+        try:
+            resources.check_memory("ensemble.members", resources.ensemble_bytes(
+                members, int(size)), f"{members} ensemble members of {size} values")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
 
 def _truth(model, name: str, spec: TruthSection, generator) -> torch.Tensor:
@@ -282,6 +325,7 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True,
     points = _read_points(cfg.observations.file) if cfg.observations.file else None
     model = models.load(cfg.model.name, **check_call(
         models.base._resolve(cfg.model.name), cfg.model.options, "model.options"))
+    check_memory(cfg, model)
     gen = torch.Generator().manual_seed(cfg.cycle.seed)
     truth = _truth(model, cfg.model.name, cfg.truth, gen)
     ensemble = truth[None] + cfg.ensemble.spread * torch.randn(

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tfda.experiments._errors import ArgumentParser, UserError, command
+from tfda.experiments.resources import MAX_TIMES
 from tfda.experiments.rundir import check_out_dir
 from tfda.observations import era5
 
@@ -44,6 +45,10 @@ def time_range(start: datetime, end: datetime, step_hours: int) -> list[datetime
     if step_hours <= 0:
         raise ValueError(f"--step-hours must be > 0, got {step_hours}")
     n = int((end - start) / timedelta(hours=step_hours))
+    if n + 1 > MAX_TIMES:  # counted before a list of them is built
+        raise ValueError(f"--start {start:%Y-%m-%dT%H} .. --end {end:%Y-%m-%dT%H} at "
+                         f"--step-hours {step_hours}: {n + 1:,} times, more than the "
+                         f"{MAX_TIMES:,} one request accepts (shorten the window)")
     return [start + timedelta(hours=step_hours * k) for k in range(n + 1)]
 
 

@@ -115,6 +115,19 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
     return result
 
 
+def _check_sizes(setting: L96Setting, filt: str, overrides: dict[str, Any], name: str) -> None:
+    """Step counts before any run starts (experiments.resources)."""
+    from tfda.experiments import resources
+
+    try:
+        resources.check_steps(name, setting.cycles, "cycles")
+        steps = overrides.get("steps")
+        if isinstance(steps, int) and filt.startswith("ensf"):
+            resources.check_steps("--set steps", steps * setting.cycles, "sampler steps")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 COLUMNS = (("rmse_a", "rmse_a", ".4f"), ("spread_a", "spread_a", ".4f"),
            ("spread/rmse", "spread_over_rmse", ".2f"), ("crps_a", "crps_a", ".4f"),
            ("rank chi2/dof", "rank_chi2_per_dof", ".1f"), ("s/cycle", "seconds_per_cycle", ".4f"))
@@ -187,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--burn-in {setting.burn_in} must lie in [0, --cycles "
                             f"{setting.cycles})")
         make_l96_filter(filt, setting, overrides)
+        _check_sizes(setting, filt, overrides, "--cycles" if args.cycles else "setting cycles")
         plan.append((setting, filt, "" if len(runs) == 1 else f"{name}-{filt}"))
     rundir.check_out_dir(args.out, "--out", command=COMMAND, force=args.force)
     # every run (several settings, filters, seeds) is one transaction: --out changes

@@ -22,7 +22,7 @@ from tfda._io import atomic_path
 from tfda.da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
 from tfda.da.schedule import Schedule  # noqa: E402
 from tfda.da.score import mixture_score  # noqa: E402
-from tfda.experiments import rundir
+from tfda.experiments import resources, rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command, description
 from tfda.experiments.rundir import check_out_dir
 
@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("prior", "points", "steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    try:  # sizes before any work: the score is a points x prior matrix per step
+        resources.check_steps("--steps", args.steps, "sampler steps")
+        resources.check_memory("--points", 4.0 * 8 * args.points * args.prior,
+                               f"{args.points} points x {args.prior} prior samples")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     check_out_dir(args.out, command=COMMAND, force=args.force)
 
     g = torch.Generator().manual_seed(args.seed)

@@ -111,11 +111,28 @@ def config_from_args(argv: list[str] | None) -> tuple[LeeConfig, Path, bool]:
     try:
         cfg = LeeConfig.from_dict(values)
     except UserError as exc:
-        where = f"--config {args.config}: " if args.config else ""
-        raise UserError(f"{where}{exc}") from exc
+        raise UserError(_name_what_was_written(str(exc), args)) from exc
     out = Path(args.out) if args.out else Path("runs") / f"lee_{cfg.mode}"  # under the cwd
     cfg.torch_device()  # a device that is not there fails now, not after the analogue's truth run
     return cfg, rundir.check_out_dir(out, command=COMMAND, force=args.force), args.force
+
+
+# keys a flag sets: an error about one of them names the flag the user typed
+_FLAGS = {"members": "--members", "ensf_steps": "--ensf-steps", "seed": "--seed",
+          "forecast_days": "--forecast-days", "parareal_slices": "--parareal-slices",
+          "parareal_mode": "--parareal-mode", "device": "--device", "stations": "--stations",
+          "model": "--model", "era5": "--era5", "weights": "--weights"}
+
+
+def _name_what_was_written(message: str, args) -> str:
+    """``message`` (it starts with the key) with the flag when a flag set that key, else
+    prefixed by the --config file that did."""
+    for key, flag in _FLAGS.items():
+        given = getattr(args, key, None) is not None
+        if given and (message.startswith(f"{key}:") or message.startswith(f"{key} ")):
+            value = getattr(args, key)
+            return f"{flag} {value}{message[len(key):]}"
+    return f"--config {args.config}: {message}" if args.config else message
 
 
 @command("tfda lee")

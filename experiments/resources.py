@@ -1,0 +1,60 @@
+"""What a run will need, estimated from the sizes it was given, before any work.
+
+Every command checks its step counts and its largest arrays here while validating,
+so an impossible run (a billion members, a million forecast days, an ERA5 window of
+8,000 years hourly) is one line naming the option and the estimate, exit 2, before
+anything is computed or written -- not a hang, and not a run that dies after an hour.
+The limits are generous: a legitimate run is far below them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+# No command legitimately integrates, samples or cycles this many steps in one run:
+# at the fastest step tfda has (~10 us, Lorenz-96) it is minutes; typical steps take
+# milliseconds, i.e. hours to weeks.
+MAX_STEPS = 1_000_000
+# Times in one ERA5 request window (more than 100 years 6-hourly).
+MAX_TIMES = 200_000
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory on this machine."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:  # psutil is optional: POSIX sysconf
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"  # pragma: no cover - the loop returns
+
+
+def check_memory(name: str, nbytes: float, what: str) -> None:
+    """ValueError naming ``name`` when ``nbytes`` (``what`` says of which arrays) is more
+    than this machine's memory."""
+    total = machine_memory()
+    if nbytes > total:
+        raise ValueError(f"{name}: {what} need about {format_bytes(nbytes)} of memory, "
+                         f"more than this machine's {format_bytes(total)}")
+
+
+def check_steps(name: str, steps: float, what: str = "steps", limit: int = MAX_STEPS) -> None:
+    """ValueError naming ``name`` when a run would take more than ``limit`` ``what``."""
+    if not math.isfinite(steps) or steps > limit:
+        raise ValueError(f"{name}: the run would take about {steps:.3g} {what}, more than "
+                         f"the {limit:,} tfda accepts in one run")
+
+
+def ensemble_bytes(members: int, state_size: int, copies: float = 4.0,
+                   itemsize: int = 8) -> float:
+    """Bytes of ``copies`` ensembles (forecast, analysis, the filter's working arrays)."""
+    return float(members) * float(state_size) * itemsize * copies
