@@ -110,10 +110,9 @@ def check_prepare_out(out: str, inputs: list[str], force: bool) -> None:
     check_out_dir(target.parent, "--out")
     for item in inputs:
         src = Path(item)
-        inside = src.is_dir() and target.absolute().parent.resolve() == src.resolve()
-        if inside or (target.exists() and src.exists() and src.samefile(target)):
-            raise UserError(f"--out {out}: is (or lies in) --in {item}; write the prepared "
-                            "file elsewhere, the input stays as it is")
+        if target.exists() and src.exists() and src.samefile(target):
+            raise UserError(f"--out {out}: is also --in {item}; write the prepared file "
+                            "elsewhere, the input stays as it is")
     if not target.exists():
         return
     if force:

@@ -95,6 +95,10 @@ class LeeConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("analogue", "era5"):
             raise ValueError(f"mode must be 'analogue' or 'era5', got {self.mode!r}")
+        if self.mode == "analogue" and (self.weights is not None or self.era5 is not None):
+            key = "weights" if self.weights is not None else "era5"
+            raise ValueError(f"{key}: only used in era5 mode (give --era5 too); the analogue "
+                             "runs the barotropic model")
         if self.members < 3:
             raise ValueError(f"members must be >= 3 (an ellipse needs 3), got {self.members}")
         self._check_ensf()
