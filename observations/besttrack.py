@@ -129,6 +129,8 @@ def _build(rows: list[tuple], path: Path, storm_id: str, name: str) -> BestTrack
 
 
 def _open_lines(path: str | os.PathLike[str]) -> tuple[Path, list[str]]:
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a file path, got {path!r}")
     p = Path(path)
     if not p.is_file():
         what = "not a regular file" if p.exists() else "not found"

@@ -150,6 +150,13 @@ class PointObservations:
                  *, grid_lat: Any, grid_lon: Any, variables: Sequence[str]) -> None:
         glat, glon = _check_grid(grid_lat, grid_lon)
         plat, plon = _vector("lat", lat), _vector("lon", lon)
+        if (np.abs(plat) > 90.0).any():
+            bad = int(np.flatnonzero(np.abs(plat) > 90.0)[0])
+            raise ValueError(f"lat[{bad}] = {plat[bad]} is not within -90 .. 90")
+        if isinstance(variables, str) or not all(isinstance(v, str) for v in variables):
+            raise TypeError(f"variables must be a sequence of names, got {variables!r}")
+        if not isinstance(variable, str) and not all(isinstance(v, str) for v in variable):
+            raise TypeError(f"variable must be a name or a sequence of names, got {variable!r}")
         if plat.size != plon.size:
             raise ValueError(f"lat has {plat.size} points but lon has {plon.size}")
         if plat.size == 0:

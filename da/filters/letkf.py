@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from tfda.da._checks import check_ensemble, observation_mask
+from tfda.da._checks import check_ensemble, check_fields, observation_mask
 from tfda.da.filters.local import (
     gaspari_cohn,
     great_circle_distance,
@@ -67,6 +67,7 @@ class LETKF:
     chunk: int = 4096
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finite numbers first, each error naming its field
         if self.radius is not None and not self.radius > 0:
             raise ValueError(f"radius must be > 0 or None, got {self.radius}")
         if self.radius is not None and self.distance is None:
