@@ -32,7 +32,8 @@ def load_toml(path: str | os.PathLike[str], option: str) -> dict[str, Any]:
     """The TOML file ``path`` as a dict; errors name ``option`` and the file."""
     p = Path(path)
     if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "not found"
+        what = ("is a directory, not a file" if p.is_dir() else
+                "not a regular file" if p.exists() else "not found")
         raise UserError(f"{option} {p}: {what}")
     try:
         with p.open("rb") as fh:

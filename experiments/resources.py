@@ -54,7 +54,8 @@ def check_steps(name: str, steps: float, what: str = "steps", limit: int = MAX_S
                          f"the {limit:,} tfda accepts in one run")
 
 
-def ensemble_bytes(members: int, state_size: int, copies: float = 4.0,
+def ensemble_bytes(members: int, state_size: int, copies: float = 2.0,
                    itemsize: int = 8) -> float:
-    """Bytes of ``copies`` ensembles (forecast, analysis, the filter's working arrays)."""
+    """Bytes of ``copies`` ensembles (the forecast and the analysis): a lower bound, so
+    that only runs that cannot fit are refused, never one that might."""
     return float(members) * float(state_size) * itemsize * copies

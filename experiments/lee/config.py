@@ -177,7 +177,9 @@ class LeeConfig:
         resources.check_steps("ensf_steps", self.ensf_steps * max(len(self.obs_days) - 1, 1),
                               "sampler steps")
         if grid is not None:  # baseline and EnSF ensembles, forecast together
-            resources.check_memory("members", resources.ensemble_bytes(2 * self.members, grid),
+            itemsize = 8 if self.mode == "analogue" else 4  # FourCastNet runs in float32
+            resources.check_memory("members", resources.ensemble_bytes(
+                2 * self.members, grid, itemsize=itemsize),
                                    f"{2 * self.members} ensemble members of {grid} values")
 
     def state_size(self) -> int | None:
