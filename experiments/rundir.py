@@ -14,16 +14,20 @@
   COMPLETE is written. Until then ``--out`` -- a previous complete run, or the user's
   files -- is not touched. The move deletes only what the previous run wrote (listed
   in its MARKER) and files of the same names; anything else in ``--out`` stays.
-  A commit killed half-way is finished by the next :func:`begin` on that ``--out``.
+  Over a previous run that holds only tfda's files the move is one atomic directory
+  exchange (Linux); otherwise file by file, and a commit killed half-way (``--out``
+  then has no COMPLETE) is finished by the next :func:`begin` on that ``--out``.
 * :class:`WallClock`: wall time summed over every attempt of a resumed run.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -109,7 +113,7 @@ def begin(out: str | os.PathLike[str], outputs: Iterable[str], *, command: str,
     out = check_out_dir(out, command=command, force=force)
     staging = staging_dir(out)
     if (staging / COMPLETE).is_file():  # a commit killed half-way: finish it first
-        _commit(staging, Path(out))
+        _recover(staging, Path(out))
     clear(staging, outputs)
     if _marker(staging) is None:
         write_json(staging / MARKER, {"command": command})
@@ -129,7 +133,7 @@ def finish(staging: str | os.PathLike[str], info: dict[str, object]) -> Path:
     files = sorted(p.name for p in staging.iterdir() if p.name not in (MARKER, COMPLETE))
     before = (_marker(out) or {}).get("files", []) if out.is_dir() else []
     write_json(staging / MARKER, {"command": meta.get("command"), "files": files,
-                                  "replaces": before})
+                                  "replaces": before, "stamp": time.time_ns()})
     write_json(staging / COMPLETE, info)
     _commit(staging, out)
     return out
@@ -142,13 +146,47 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def _recover(staging: Path, out: Path) -> None:
+    """A complete staging directory left by a killed commit: the new run not yet (fully)
+    moved in -- finish the commit -- or, after an exchange, the previous run -- remove it."""
+    meta, current = _marker(staging), _marker(out) if out.is_dir() else None
+    if meta is not None and current is not None and (
+            current.get("stamp", 0) > meta.get("stamp", 0)):
+        shutil.rmtree(staging)  # --out already holds the newer run
+    else:
+        _commit(staging, out)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux renameat2 RENAME_EXCHANGE); False
+    where the system or file system cannot, and the caller moves file by file."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _commit(staging: Path, out: Path) -> None:
-    """Move a complete staged run into ``out``; idempotent, so a commit killed at any
-    point is finished by running it again (MARKER moves before COMPLETE, COMPLETE last)."""
+    """Move a complete staged run into ``out``. Into a new ``out``, or over a previous run
+    of tfda's alone: one atomic rename or exchange, so ``out`` is a complete run at every
+    instant. Into a directory that also holds other files: file by file, idempotent, so a
+    commit killed half-way is finished by running it again (MARKER before COMPLETE,
+    COMPLETE last; ``out`` has no COMPLETE in between)."""
     if not out.exists():
         os.rename(staging, out)  # atomic: the whole run appears at once
         return
     meta = _marker(staging)
+    current = _marker(out)
+    if meta is not None and current is not None and current.get("command") == meta.get(
+            "command") and {p.name for p in out.iterdir()} <= {
+            *current.get("files", []), MARKER, COMPLETE} and _exchange(staging, out):
+        shutil.rmtree(staging)  # now the previous run
+        return
     if meta is not None:
         (out / COMPLETE).unlink(missing_ok=True)  # the mixed directory never looks complete
         files = meta.get("files", [])

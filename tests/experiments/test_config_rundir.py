@@ -205,6 +205,7 @@ def test_out_dir_of_another_owner_is_refused(tmp_path):
 def test_a_commit_killed_half_way_is_finished_by_the_next_begin(tmp_path, monkeypatch):
     out = tmp_path / "run"
     rundir.finish(rundir.begin(out, [], command="tfda x", config={"k": 1}), {})
+    (out / "notes.txt").write_text("mine")  # not tfda's: the commit goes file by file
     staging = rundir.begin(out, [], command="tfda x", config={"k": 2})
     (staging / "metrics.json").write_text("new")
     real = rundir.os.replace
@@ -224,6 +225,34 @@ def test_a_commit_killed_half_way_is_finished_by_the_next_begin(tmp_path, monkey
     rundir.begin(out, [], command="tfda x")  # finishes the commit first
     assert (out / "COMPLETE").is_file() and (out / "metrics.json").read_text() == "new"
     assert json.loads((out / "config.json").read_text()) == {"k": 2}
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_over_tfdas_own_run_the_commit_is_one_atomic_exchange(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    if not rundir._exchange(a, b):
+        pytest.skip("no renameat2 RENAME_EXCHANGE on this system or file system")
+    out = tmp_path / "run"
+    rundir.finish(rundir.begin(out, [], command="tfda x", config={"k": 1}), {})
+    staging = rundir.begin(out, [], command="tfda x", config={"k": 2})
+    inode = staging.stat().st_ino
+
+    def killed(path, *args, **kwargs):  # dies right after the exchange, before the cleanup
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(rundir.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.finish(staging, {})
+    monkeypatch.undo()
+    # --out is the new complete run (the staged directory itself, swapped in) ...
+    assert out.stat().st_ino == inode and (out / "COMPLETE").is_file()
+    assert json.loads((out / "config.json").read_text()) == {"k": 2}
+    # ... the previous run lies in the staging directory; the next begin removes it
+    assert json.loads((staging / "config.json").read_text()) == {"k": 1}
+    rundir.begin(out, [], command="tfda x")
+    assert json.loads((out / "config.json").read_text()) == {"k": 2}
+    assert sorted(p.name for p in staging.iterdir()) == [rundir.MARKER]
 
 
 def test_wall_clock_sums_attempts(tmp_path):
