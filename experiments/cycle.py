@@ -179,33 +179,30 @@ def check_steps(cfg: CycleConfig) -> None:
     """The step counts the run needs, before any work (experiments.resources)."""
     from tfda.experiments import resources
 
-    cyc = cfg.cycle
-    try:
-        resources.check_steps("truth.spin_up_steps", cfg.truth.spin_up_steps, "model steps")
-        resources.check_steps("cycle.n_cycles", cyc.n_cycles * cyc.steps_per_cycle,
-                              "model steps")
-        steps = cfg.filter.options.get("steps")
-        if isinstance(steps, int) and cfg.filter.name == "ensf":
-            resources.check_steps("filter.options.steps", steps * cyc.n_cycles,
-                                  "sampler steps")
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    cyc, steps = cfg.cycle, cfg.filter.options.get("steps")
+    resources.check_steps("truth.spin_up_steps", cfg.truth.spin_up_steps, "model steps")
+    resources.check_steps("cycle.n_cycles", cyc.n_cycles * cyc.steps_per_cycle, "model steps")
+    if isinstance(steps, int) and cfg.filter.name == "ensf":
+        resources.check_steps("filter.options.steps", steps * cyc.n_cycles, "sampler steps")
 
 
-def check_memory(cfg: CycleConfig, model: Any) -> None:
-    """The ensemble's memory against the machine's, once the model (its grid) is known."""
+def check_memory(cfg: CycleConfig, model: Any = None, options: Any = None) -> None:
+    """The ensemble's memory against the machine's: from the model options' grid box
+    before the model is built (a box too fine to build), from the model after."""
     from tfda.experiments import resources
 
     size = getattr(model, "nx", None)
     if size is None and all(hasattr(model, a) for a in ("variables", "lat", "lon")):
         size = len(model.variables) * len(model.lat) * len(model.lon)
+    if model is None and options is not None and options.get("config") is not None:
+        points = resources.box_points(options["config"])
+        size = None if points is None else 6 * points  # the analogue's 6 variables
+        resources.check_memory("model.options.config", resources.ensemble_bytes(
+            1, points or 0), f"the grid of {points} points")
     if size is not None:
         members = cfg.ensemble.members
-        try:
-            resources.check_memory("ensemble.members", resources.ensemble_bytes(
-                members, int(size)), f"{members} ensemble members of {size} values")
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        resources.check_memory("ensemble.members", resources.ensemble_bytes(
+            members, int(size)), f"{members} ensemble members of {size} values")
 
 
 def _truth(model, name: str, spec: TruthSection, generator) -> torch.Tensor:
@@ -323,8 +320,10 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True,
     fp = rundir.fingerprint(hashed(cfg))
     rundir.check_out_dir(out, command=COMMAND, force=force)
     points = _read_points(cfg.observations.file) if cfg.observations.file else None
-    model = models.load(cfg.model.name, **check_call(
-        models.base._resolve(cfg.model.name), cfg.model.options, "model.options"))
+    options = check_call(models.base._resolve(cfg.model.name), cfg.model.options,
+                         "model.options")
+    check_memory(cfg, options=options)
+    model = models.load(cfg.model.name, **options)
     check_memory(cfg, model)
     gen = torch.Generator().manual_seed(cfg.cycle.seed)
     truth = _truth(model, cfg.model.name, cfg.truth, gen)

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
+from typing import Any
+
+from tfda.experiments._errors import UserError
 
 # No command legitimately integrates, samples or cycles this many steps in one run:
 # at the fastest step tfda has (~10 us, Lorenz-96) it is minutes; typical steps take
@@ -39,19 +43,37 @@ def format_bytes(n: float) -> str:
 
 
 def check_memory(name: str, nbytes: float, what: str) -> None:
-    """ValueError naming ``name`` when ``nbytes`` (``what`` says of which arrays) is more
-    than this machine's memory."""
+    """UserError (a ValueError) naming ``name`` when ``nbytes`` (``what`` says of which
+    arrays) is more than this machine's memory."""
     total = machine_memory()
     if nbytes > total:
-        raise ValueError(f"{name}: {what} need about {format_bytes(nbytes)} of memory, "
+        raise UserError(f"{name}: {what} need about {format_bytes(nbytes)} of memory, "
                          f"more than this machine's {format_bytes(total)}")
 
 
 def check_steps(name: str, steps: float, what: str = "steps", limit: int = MAX_STEPS) -> None:
-    """ValueError naming ``name`` when a run would take more than ``limit`` ``what``."""
+    """UserError naming ``name`` when a run would take more than ``limit`` ``what``."""
     if not math.isfinite(steps) or steps > limit:
-        raise ValueError(f"{name}: the run would take about {steps:.3g} {what}, more than "
+        raise UserError(f"{name}: the run would take about {steps:.3g} {what}, more than "
                          f"the {limit:,} tfda accepts in one run")
+
+
+def box_points(box: Any) -> int | None:
+    """Grid points of a lat/lon box (a mapping or an object with lat_south, lat_north,
+    lon_west, lon_east, resolution in degrees, as the barotropic analogue's), counted
+    before the model builds the grid; None when a value is missing or not a number."""
+    def get(key: str) -> float:
+        return float(box[key] if isinstance(box, Mapping) else getattr(box, key))
+
+    try:
+        res = get("resolution")
+        nlat = (get("lat_north") - get("lat_south")) / res + 1
+        nlon = (get("lon_east") - get("lon_west")) / res + 1
+    except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None  # the model's own checks name the bad key
+    if not (math.isfinite(nlat) and math.isfinite(nlon)):
+        return None
+    return int(max(nlat, 1) * max(nlon, 1))
 
 
 def ensemble_bytes(members: int, state_size: int, copies: float = 2.0,

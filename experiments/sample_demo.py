@@ -52,12 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("prior", "points", "steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    try:  # sizes before any work: the score is a points x prior matrix per step
-        resources.check_steps("--steps", args.steps, "sampler steps")
-        resources.check_memory("--points", 4.0 * 8 * args.points * args.prior,
-                               f"{args.points} points x {args.prior} prior samples")
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    # sizes before any work: the score is a points x prior matrix per step
+    resources.check_steps("--steps", args.steps, "sampler steps")
+    resources.check_memory("--points", 4.0 * 8 * args.points * args.prior,
+                           f"{args.points} points x {args.prior} prior samples")
     check_out_dir(args.out, command=COMMAND, force=args.force)
 
     g = torch.Generator().manual_seed(args.seed)

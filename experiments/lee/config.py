@@ -176,6 +176,9 @@ class LeeConfig:
         resources.check_steps("vortex_day", -self.vortex_day * spd, "model steps")
         resources.check_steps("ensf_steps", self.ensf_steps * max(len(self.obs_days) - 1, 1),
                               "sampler steps")
+        if self.stations > 0:  # H(x) of every member at every station and variable
+            resources.check_memory("stations", resources.ensemble_bytes(
+                self.members + 16, 6 * self.stations), f"{self.stations} stations")
         if grid is not None:  # baseline and EnSF ensembles, forecast together
             itemsize = 8 if self.mode == "analogue" else 4  # FourCastNet runs in float32
             resources.check_memory("members", resources.ensemble_bytes(
@@ -186,16 +189,11 @@ class LeeConfig:
         """Values in one state (variables x lat x lon), from the configuration alone;
         None where only the built model knows it."""
         if self.mode == "analogue":
+            from tfda.experiments.resources import box_points
             from tfda.models.barotropic import VARIABLES
 
-            m = {**ANALOGUE_MODEL, **self.analogue_model}
-            try:
-                res = float(m["resolution"])
-                nlat = (float(m["lat_north"]) - float(m["lat_south"])) / res + 1
-                nlon = (float(m["lon_east"]) - float(m["lon_west"])) / res + 1
-            except (KeyError, TypeError, ValueError, ZeroDivisionError):
-                return None  # the model's own checks name the bad key
-            return int(len(VARIABLES) * max(nlat, 1) * max(nlon, 1))
+            points = box_points({**ANALOGUE_MODEL, **self.analogue_model})
+            return None if points is None else len(VARIABLES) * points
         if self.model == "fourcastnet":
             h, w = self.afno.get("img_size", (720, 1440))
             return int(self.afno.get("in_chans", 20)) * (int(h) + 1) * int(w)

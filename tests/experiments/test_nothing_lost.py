@@ -88,6 +88,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
              cy_spin_up=cycle_toml("spin_up", "spin_up_steps = 50", "spin_up_steps = -5"),
              cy_cycles=cycle_toml("cycles", "n_cycles = 4", "n_cycles = 1000000000"),
              cy_steps=cycle_toml("steps", "steps = 20", "steps = 1000000000"))
+    f["cy_grid"] = d / "cycle_grid.toml"  # a box the model could not even build
+    f["cy_grid"].write_text('[model]\nname = "barotropic"\noptions = { config = { resolution '
+                            '= 0.001 } }\n[filter]\nname = "letkf"\n')
     return f
 
 
@@ -95,7 +98,9 @@ LEE = ("lee", "--config", "{lee_conf}", "--out", "{lee}")
 CYCLE = ("cycle", "{{conf}}", "--out", "{cycle}")
 L96 = ("l96", "sakov2008", "--filter", "letkf", "--cycles", "12", "--burn-in", "2",
        "--out", "{l96}")
-# (id, run directory, argv, text the one error line must contain)
+# (id, run directory, argv, text the one error line must contain); the sizes are
+# refused from their estimate before any allocation (were they not, the runs would
+# allocate terabytes)
 RERUNS = [
     ("lee-members", "lee", (*LEE, "--members", "1000000000"), "--members 1000000000"),
     ("lee-ensf-steps", "lee", (*LEE, "--ensf-steps", "1000000000"), "--ensf-steps"),
@@ -106,9 +111,12 @@ RERUNS = [
      "obs_days must be evenly spaced"),
     ("lee-first-guess-lat", "lee", ("lee", "--config", "{lee_vortex}", "--out", "{lee}"),
      "first_guess: latitude 95.0"),
+    ("lee-stations", "lee", (*LEE, "--stations", "1000000000"), "--stations 1000000000"),
     ("lee-weights-analogue", "lee", (*LEE, "--weights", "{d}"), "--weights"),
     ("cycle-members", "cycle", ("cycle", "{cy_members}", "--out", "{cycle}"),
      "ensemble.members: 1000000000 ensemble members"),
+    ("cycle-grid-too-fine", "cycle", ("cycle", "{cy_grid}", "--out", "{cycle}"),
+     "model.options.config: the grid of 2000090001 points"),
     ("cycle-spread-nan", "cycle", ("cycle", "{cy_spread_nan}", "--out", "{cycle}"),
      "ensemble.spread: expected a finite number"),
     ("cycle-spread-0", "cycle", ("cycle", "{cy_spread_0}", "--out", "{cycle}"),
