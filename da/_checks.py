@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 
 import torch
@@ -83,3 +85,52 @@ def observation_mask(
             stacklevel=3,
         )
     return torch.where(valid, y, torch.zeros_like(y)), valid
+
+
+def check_int(name: str, value: object, *, minimum: int | None = None,
+              optional: bool = False) -> None:
+    """TypeError naming ``name`` unless ``value`` is an int (not a bool; None when
+    ``optional``); ValueError when below ``minimum``."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_number(name: str, value: object, *, optional: bool = False) -> None:
+    """TypeError naming ``name`` unless ``value`` is a real number (None when ``optional``);
+    ValueError when it is NaN or Inf."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+
+
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+# annotation text -> check, for the plain fields of the filters' dataclasses
+_FIELD_CHECKS = {
+    "int": lambda n, v: check_int(n, v),
+    "int | None": lambda n, v: check_int(n, v, optional=True),
+    "float": lambda n, v: check_number(n, v),
+    "float | None": lambda n, v: check_number(n, v, optional=True),
+    "bool": check_bool,
+}
+
+
+def check_fields(obj: object) -> None:
+    """Check every plain (int, float, bool, optional int/float) field of the dataclass
+    ``obj`` against its annotation: TypeError/ValueError naming the field, before any
+    comparison could fail with a bare ``'<' not supported``; floats must be finite."""
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        check = _FIELD_CHECKS.get(f.type if isinstance(f.type, str) else
+                                  getattr(f.type, "__name__", ""))
+        if check is not None:
+            check(f.name, getattr(obj, f.name))

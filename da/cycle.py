@@ -41,7 +41,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from tfda.da._checks import check_ensemble
+from tfda.da._checks import check_ensemble, check_finite, check_int
 from tfda.da.metrics import crps, rank_counts
 from tfda.da.protocols import Analysis, Checkpointer, Dynamics, ObservationOperator
 
@@ -88,6 +88,22 @@ def _metrics(x: torch.Tensor, truth: torch.Tensor | None, y: torch.Tensor,
     }
 
 
+def _check_arguments(model: Any, analysis: Any, checkpointer: Any, callback: Any,
+                     observations: Any) -> None:
+    """TypeError naming the argument, before its first use fails obscurely mid-run."""
+    if not callable(getattr(model, "step", None)):
+        raise TypeError(f"model must have a step(x) method, got {type(model).__name__}")
+    if not callable(analysis):
+        raise TypeError(f"analysis must be callable, got {type(analysis).__name__}")
+    if checkpointer is not None and not all(
+            callable(getattr(checkpointer, m, None)) for m in ("save", "load")):
+        raise TypeError("checkpointer must have save and load methods, got "
+                        f"{checkpointer!r}")
+    for name, fn in (("callback", callback), ("observations", observations)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
+
+
 def run_cycle(
     model: Dynamics,
     analysis: Analysis,
@@ -128,12 +144,16 @@ def run_cycle(
             know (Bao et al., MWR 2024, SQG "shocks"). It must depend only on k and the
             truth (so a resumed run repeats it).
     """
+    _check_arguments(model, analysis, checkpointer, callback, observations)
     check_ensemble("ensemble", ensemble)
     _check_coords(coords, tuple(ensemble.shape[1:]))
-    if n_cycles < 1:
-        raise ValueError(f"n_cycles must be >= 1, got {n_cycles}")
-    if steps_per_cycle < 1:
-        raise ValueError(f"steps_per_cycle must be >= 1, got {steps_per_cycle}")
+    check_int("n_cycles", n_cycles, minimum=1)
+    check_int("steps_per_cycle", steps_per_cycle, minimum=1)
+    check_int("seed", seed)
+    if truth is not None:
+        if not isinstance(truth, torch.Tensor):
+            raise TypeError(f"truth must be a tensor, got {type(truth).__name__}")
+        check_finite("truth", truth)
     if truth is None and observations is None:
         raise ValueError("give observations= (a callable) or truth= (a twin experiment)")
     state_shape = tuple(ensemble.shape[1:])

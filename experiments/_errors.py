@@ -52,8 +52,26 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed (CPU or GPU): the sizes asked for are the user's to
+    change, so it is reported as bad input, with torch's message naming the size."""
+    if isinstance(exc, MemoryError):
+        return True
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text
+                                              or "out of memory" in text.lower())
+
+
 def report(prog: str, exc: BaseException) -> int:
     """Print ``exc`` as the command's one error line; return the exit status."""
+    if out_of_memory(exc):
+        size = one_line(exc) or "an allocation failed"
+        print(f"{prog}: error: out of memory: {size} (use smaller sizes: members, grid, "
+              "steps)", file=sys.stderr)
+        return 2
     if isinstance(exc, USER_ERRORS):
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import os
 import tomllib
 import types
@@ -31,7 +32,8 @@ def load_toml(path: str | os.PathLike[str], option: str) -> dict[str, Any]:
     """The TOML file ``path`` as a dict; errors name ``option`` and the file."""
     p = Path(path)
     if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "not found"
+        what = ("is a directory, not a file" if p.is_dir() else
+                "not a regular file" if p.exists() else "not found")
         raise UserError(f"{option} {p}: {what}")
     try:
         with p.open("rb") as fh:
@@ -110,6 +112,8 @@ def convert(tp: Any, value: Any, key: str) -> Any:
         raise bad
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML reads inf and nan; no setting means them
+                raise UserError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         raise bad
     if tp is str:

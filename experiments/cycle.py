@@ -83,6 +83,15 @@ class TruthSection:
     vmax: float = 40.0
     rmax_km: float = 150.0
 
+    def __post_init__(self) -> None:
+        if self.spin_up_steps < 0:
+            raise ValueError(f"spin_up_steps must be >= 0, got {self.spin_up_steps}")
+        if not -90 <= self.lat <= 90:
+            raise ValueError(f"lat: latitude {self.lat} is not within -90 .. 90")
+        for key in ("vmax", "rmax_km"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class EnsembleSection:
@@ -92,8 +101,8 @@ class EnsembleSection:
     def __post_init__(self) -> None:
         if self.members < 2:
             raise ValueError(f"members must be >= 2, got {self.members}")
-        if self.spread < 0:
-            raise ValueError(f"spread must be >= 0, got {self.spread}")
+        if not self.spread > 0:  # 0: every member the truth, a meaningless rmse of 0
+            raise ValueError(f"spread must be > 0, got {self.spread}")
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,7 @@ def load_config(path: str | os.PathLike) -> CycleConfig:
         # a radius takes the model's distance (run); checked here with a stand-in
         make_filter(cfg.filter.name, cfg.filter.options, where="filter.options",
                     fixed={"distance": "the model's"} if _localised(cfg.filter) else None)
+        check_steps(cfg)
         if cfg.observations.file is not None:  # relative to the config file
             table = Path(path).parent / cfg.observations.file
             cfg = replace(cfg, observations=replace(cfg.observations, file=str(table)))
@@ -169,6 +179,36 @@ def load_config(path: str | os.PathLike) -> CycleConfig:
     except UserError as exc:
         raise UserError(f"config {path}: {exc}") from exc
     return cfg
+
+
+def check_steps(cfg: CycleConfig) -> None:
+    """The step counts the run needs, before any work (experiments.resources)."""
+    from tfda.experiments import resources
+
+    cyc, steps = cfg.cycle, cfg.filter.options.get("steps")
+    resources.check_steps("truth.spin_up_steps", cfg.truth.spin_up_steps, "model steps")
+    resources.check_steps("cycle.n_cycles", cyc.n_cycles * cyc.steps_per_cycle, "model steps")
+    if isinstance(steps, int) and cfg.filter.name == "ensf":
+        resources.check_steps("filter.options.steps", steps * cyc.n_cycles, "sampler steps")
+
+
+def check_memory(cfg: CycleConfig, model: Any = None, options: Any = None) -> None:
+    """The ensemble's memory against the machine's: from the model options' grid box
+    before the model is built (a box too fine to build), from the model after."""
+    from tfda.experiments import resources
+
+    size = getattr(model, "nx", None)
+    if size is None and all(hasattr(model, a) for a in ("variables", "lat", "lon")):
+        size = len(model.variables) * len(model.lat) * len(model.lon)
+    if model is None and options is not None and options.get("config") is not None:
+        points = resources.box_points(options["config"])
+        size = None if points is None else 6 * points  # the analogue's 6 variables
+        resources.check_memory("model.options.config", resources.ensemble_bytes(
+            1, points or 0), f"the grid of {points} points")
+    if size is not None:
+        members = cfg.ensemble.members
+        resources.check_memory("ensemble.members", resources.ensemble_bytes(
+            members, int(size)), f"{members} ensemble members of {size} values")
 
 
 def _truth(model, name: str, spec: TruthSection, generator) -> torch.Tensor:
@@ -271,17 +311,26 @@ def hashed(cfg: CycleConfig) -> dict[str, Any]:
     return plain
 
 
-def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
-    """Run the cycle described by ``cfg`` (see the module docstring) into ``out``."""
+COMMAND = "tfda cycle"
+
+
+def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True,
+        force: bool = False):
+    """Run the cycle described by ``cfg`` (see the module docstring) into ``out``,
+    through ``out``'s staging directory (experiments.rundir): ``out`` changes only
+    when the run is complete; a killed run resumes from the staged checkpoint."""
     from tfda import models
     from tfda.da.cycle import run_cycle
     from tfda.experiments.checkpoint import FileCheckpointer
 
     fp = rundir.fingerprint(hashed(cfg))
-    rundir.check_out_dir(out)
+    rundir.check_out_dir(out, command=COMMAND, force=force)
     points = _read_points(cfg.observations.file) if cfg.observations.file else None
-    model = models.load(cfg.model.name, **check_call(
-        models.base._resolve(cfg.model.name), cfg.model.options, "model.options"))
+    options = check_call(models.base._resolve(cfg.model.name), cfg.model.options,
+                         "model.options")
+    check_memory(cfg, options=options)
+    model = models.load(cfg.model.name, **options)
+    check_memory(cfg, model)
     gen = torch.Generator().manual_seed(cfg.cycle.seed)
     truth = _truth(model, cfg.model.name, cfg.truth, gen)
     ensemble = truth[None] + cfg.ensemble.spread * torch.randn(
@@ -297,18 +346,21 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
                                       "filter.options"))
     analysis = make_filter(cfg.filter.name, cfg.filter.options, where="filter.options",
                            fixed=fixed or None)
+    resume = rundir.staging_dir(out) / f"checkpoint-{fp}.pt"
     if rank == 0:  # one writer; the other ranks read its checkpoint to resume with it
         # stale results of another configuration go; this one's checkpoint stays to resume
-        rundir.begin(out, ["cycle.nc", "summary.json", "checkpoint-*.pt", "wall-*.json"]
-                     if not (Path(out) / f"checkpoint-{fp}.pt").exists()
-                     else ["cycle.nc", "summary.json"], config=to_plain(cfg))
+        staging = rundir.begin(out, ["cycle.nc", "summary.json", "checkpoint-*.pt",
+                                     "wall-*.json"]
+                               if not resume.exists() else ["cycle.nc", "summary.json"],
+                               command=COMMAND, config=to_plain(cfg), force=force)
+    else:
+        staging = rundir.staging_dir(out)
     if group is not None:
         import torch.distributed as dist
 
         dist.barrier(group)
-    out = Path(out)
-    clock = rundir.WallClock(out / f"wall-{fp}.json")
-    ckpt = FileCheckpointer(out / f"checkpoint-{fp}.pt", on_save=clock.checkpoint,
+    clock = rundir.WallClock(staging / f"wall-{fp}.json")
+    ckpt = FileCheckpointer(staging / f"checkpoint-{fp}.pt", on_save=clock.checkpoint,
                             read_only=rank != 0)
     ds = run_cycle(model, analysis, operator, ensemble, n_cycles=cfg.cycle.n_cycles,
                    truth=truth, steps_per_cycle=cfg.cycle.steps_per_cycle,
@@ -321,12 +373,12 @@ def run(cfg: CycleConfig, out: str | os.PathLike, *, progress: bool = True):
                "wall_seconds": clock.total()}
     if rank != 0:
         return ds, summary
-    with rundir.atomic_path(out / "cycle.nc", suffix=".nc") as tmp:
+    with rundir.atomic_path(staging / "cycle.nc", suffix=".nc") as tmp:
         ds.to_netcdf(tmp)
-    rundir.write_json(out / "summary.json", summary)
+    rundir.write_json(staging / "summary.json", summary)
     ckpt.clear()
     clock.clear()
-    rundir.finish(out, summary)
+    rundir.finish(staging, summary)
     return ds, summary
 
 
@@ -336,12 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", help="TOML file (see experiments/configs/)")
     p.add_argument("--out", help="run directory (default: [cycle] out, else runs/cycle)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out that is not a `tfda cycle` run directory (files "
+                        "of the same names are replaced, others kept)")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
-    out = rundir.check_out_dir(args.out or cfg.cycle.out)
+    out = rundir.check_out_dir(args.out or cfg.cycle.out,
+                               "--out" if args.out else f"config {args.config}: cycle.out",
+                               command=COMMAND, force=args.force)
     print(f"tfda cycle: {cfg.model.name} + {cfg.filter.name}, {cfg.ensemble.members} members, "
           f"{cfg.cycle.n_cycles} cycles -> {out}", flush=True)
-    _, summary = run(cfg, out, progress=not args.no_progress)
+    _, summary = run(cfg, out, progress=not args.no_progress, force=args.force)
     last = summary["last_10_cycles"]
     print(f"{out}: mean over the last 10 cycles: rmse_a = {last['rmse_a']:.4f}, "
           f"spread_a = {last['spread_a']:.4f}, rmse_f = {last['rmse_f']:.4f} "

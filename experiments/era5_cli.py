@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tfda.experiments._errors import ArgumentParser, UserError, command
+from tfda.experiments.resources import MAX_TIMES
 from tfda.experiments.rundir import check_out_dir
 from tfda.observations import era5
 
@@ -44,6 +45,10 @@ def time_range(start: datetime, end: datetime, step_hours: int) -> list[datetime
     if step_hours <= 0:
         raise ValueError(f"--step-hours must be > 0, got {step_hours}")
     n = int((end - start) / timedelta(hours=step_hours))
+    if n + 1 > MAX_TIMES:  # counted before a list of them is built
+        raise ValueError(f"--start {start:%Y-%m-%dT%H} .. --end {end:%Y-%m-%dT%H} at "
+                         f"--step-hours {step_hours}: {n + 1:,} times, more than the "
+                         f"{MAX_TIMES:,} one request accepts (shorten the window)")
     return [start + timedelta(hours=step_hours * k) for k in range(n + 1)]
 
 
@@ -91,7 +96,37 @@ def _parser() -> ArgumentParser:
     q.add_argument("--out", required=True, help="output netCDF file")
     q.add_argument("--allow-any-grid", action="store_true",
                    help="skip the check for FourCastNet's 721x1440 0.25-degree grid")
+    q.add_argument("--force", action="store_true",
+                   help="replace an existing --out file that tfda did not write")
     return p
+
+
+def check_prepare_out(out: str, inputs: list[str], force: bool) -> None:
+    """``prepare --out``: a file to write, never one of the ``--in`` files, and an existing
+    file only when tfda wrote it (its ``history`` says so) or ``--force``."""
+    target = Path(out)
+    if target.is_dir():
+        raise UserError(f"--out {out}: is a directory; give the netCDF file to write")
+    check_out_dir(target.parent, "--out")
+    for item in inputs:
+        src = Path(item)
+        if target.exists() and src.exists() and src.samefile(target):
+            raise UserError(f"--out {out}: is also --in {item}; write the prepared file "
+                            "elsewhere, the input stays as it is")
+    if not target.exists():
+        return
+    if force:
+        return
+    try:
+        import netCDF4
+
+        with netCDF4.Dataset(target) as nc:
+            ours = "written by tfda" in str(getattr(nc, "history", ""))
+    except OSError:
+        ours = False
+    if not ours:
+        raise UserError(f"--out {out}: exists and was not written by tfda; choose another "
+                        "file, or add --force to replace it")
 
 
 def check_channels(tensor: torch.Tensor, coords: dict) -> None:
@@ -157,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(paths)} ERA5 files for {len(times)} times in {args.out}")
             return 0
         times = _window(args, required=False)
-        if Path(args.out).is_dir():
-            raise UserError(f"--out {args.out}: is a directory; give the netCDF file to write")
-        check_out_dir(Path(args.out).parent, "--out")
+        check_prepare_out(args.out, args.inputs, args.force)
         inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
         try:
             tensor, coords = era5.load_era5(inputs, times, channels=channels)

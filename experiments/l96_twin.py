@@ -38,6 +38,7 @@ from tfda.experiments.settings.l96 import SETTINGS, L96Setting
 from tfda.models.lorenz96 import Lorenz96
 
 FILTERS = ("ensf", "ensf-published", "letkf")
+COMMAND = "tfda l96"
 
 
 def make_l96_filter(name: str, setting: L96Setting, overrides: dict[str, Any]) -> EnSF | LETKF:
@@ -77,7 +78,8 @@ def make_shock(setting: L96Setting, seed: int) -> Any:
 def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict[str, Any],
             seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float64,
             progress: bool = True) -> dict[str, Any]:
-    """Run one twin experiment, write results.json and metrics.nc under ``out``."""
+    """Run one twin experiment, write results.json and metrics.nc under ``out`` (a
+    directory of the run's staging directory: :func:`main` opens the transaction)."""
     model = Lorenz96(setting.nx, dt=setting.dt, rk4_dt=setting.rk4_dt, device=device)
     filt = make_l96_filter(filter_name, setting, overrides)
     operator = make_operator(setting.operator, setting.obs_std, state_size=setting.nx,
@@ -89,7 +91,8 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
                              "dtype": str(dtype)})
     resume = out / f"checkpoint-{fp}.pt"
     # old results always go; a checkpoint only when it belongs to another configuration
-    rundir.begin(out, ["results.json", "metrics.nc",
+    # (``out`` lies inside the staging directory main opened: experiments.rundir)
+    rundir.clear(out, ["results.json", "metrics.nc",
                        *(p.name for p in out.glob("checkpoint*.pt") if p != resume)])
     gen = torch.Generator().manual_seed(seed)
     truth = model.spin_up(setting.spin_up_steps, generator=gen, dtype=dtype)[0]
@@ -131,6 +134,16 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
     rundir.write_json(out / "results.json", result)
     checkpointer.clear()
     return result
+
+
+def _check_sizes(setting: L96Setting, filt: str, overrides: dict[str, Any], name: str) -> None:
+    """Step counts before any run starts (experiments.resources)."""
+    from tfda.experiments import resources
+
+    resources.check_steps(name, setting.cycles, "cycles")
+    steps = overrides.get("steps")
+    if isinstance(steps, int) and filt.startswith("ensf"):
+        resources.check_steps("--set steps", steps * setting.cycles, "sampler steps")
 
 
 COLUMNS = (("rmse_a", "rmse_a", ".4f"), ("spread_a", "spread_a", ".4f"),
@@ -187,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a filter option, VALUE as in TOML (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an --out that is not a `tfda l96` run directory "
+                             "(files of the same names are replaced, others kept)")
     args = parser.parse_args(argv)
     overrides = dict(parse_override(item) for item in args.set)
     device = str(parse_device(args.device))
@@ -202,21 +218,33 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--burn-in {setting.burn_in} must lie in [0, --cycles "
                             f"{setting.cycles})")
         make_l96_filter(filt, setting, overrides)
-        out = args.out if len(runs) == 1 else args.out / f"{name}-{filt}"
-        plan.append((setting, filt, rundir.check_out_dir(out, "--out")))
+        _check_sizes(setting, filt, overrides, "--cycles" if args.cycles else "setting cycles")
+        plan.append((setting, filt, "" if len(runs) == 1 else f"{name}-{filt}"))
+    rundir.check_out_dir(args.out, "--out", command=COMMAND, force=args.force)
+    # every run (several settings, filters, seeds) is one transaction: --out changes
+    # only when all are done; a killed invocation resumes from the staged checkpoints
+    seeds = range(args.seed, args.seed + args.seeds)
+    subs = [sub if args.seeds == 1 else f"{sub}/seed{seed}".lstrip("/")
+            for _, _, sub in plan for seed in seeds]
+    # a killed attempt's staged runs resume; anything else staged there is stale
+    keep = {sub.split("/")[0] for sub in subs} | {rundir.MARKER}
+    stale = [p.name for p in rundir.staging_dir(args.out).glob("*") if p.name not in keep
+             and not ("" in subs and p.name.startswith("checkpoint-"))]
+    staging = rundir.begin(args.out, stale, command=COMMAND, force=args.force)
     rows = []
-    for setting, filt, out in plan:
+    for setting, filt, sub in plan:
         per_seed = []
-        for seed in range(args.seed, args.seed + args.seeds):
-            run_dir = out if args.seeds == 1 else out / f"seed{seed}"
+        for seed in seeds:
+            run_dir = staging / sub if args.seeds == 1 else staging / sub / f"seed{seed}"
             per_seed.append(run_one(setting, filt, run_dir, overrides=overrides, seed=seed,
                                     device=device, dtype=getattr(torch, args.dtype),
                                     progress=not args.no_progress))
             print(format_table(per_seed[-1:]).splitlines()[-1], flush=True)
         rows.append(average_seeds(per_seed) if args.seeds > 1 else per_seed[0])
-    print(format_table(rows))
     if len(runs) > 1 or args.seeds > 1:
-        rundir.write_json(args.out / "table.json", rows)
+        rundir.write_json(staging / "table.json", rows)
+    rundir.finish(staging, {"runs": len(rows)})
+    print(format_table(rows))
     if args.rank_png is not None:
         from tfda.experiments.plot_ranks import plot_rank_histograms
 

@@ -22,8 +22,11 @@ from tfda._io import atomic_path
 from tfda.da.sampler import sample_ode, sample_sde, time_grid  # noqa: E402
 from tfda.da.schedule import Schedule  # noqa: E402
 from tfda.da.score import mixture_score  # noqa: E402
+from tfda.experiments import resources, rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command, description
 from tfda.experiments.rundir import check_out_dir
+
+COMMAND = "tfda demo"
 
 
 def eight_gaussians(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -43,11 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200, help="sampler steps (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an --out that is not a `tfda demo` run directory")
     args = parser.parse_args(argv)
     for name in ("prior", "points", "steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    check_out_dir(args.out)
+    # sizes before any work: the score is a points x prior matrix per step
+    resources.check_steps("--steps", args.steps, "sampler steps")
+    resources.check_memory("--points", 4.0 * 8 * args.points * args.prior,
+                           f"{args.points} points x {args.prior} prior samples")
+    check_out_dir(args.out, command=COMMAND, force=args.force)
 
     g = torch.Generator().manual_seed(args.seed)
     schedule = Schedule(eps_a=0.025)
@@ -68,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title(title)
         ax.set_aspect("equal")
     fig.suptitle(f"training-free score from M = {args.prior} samples, {args.steps} steps")
-    target = args.out / "sample_demo.png"
-    with atomic_path(target, suffix=".png") as tmp:
+    # through the staging directory (experiments.rundir): --out changes only when done
+    staging = rundir.begin(args.out, ["sample_demo.png"], command=COMMAND, force=args.force)
+    with atomic_path(staging / "sample_demo.png", suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    print(f"wrote {target}")
+    out = rundir.finish(staging, {"steps": args.steps})
+    print(f"wrote {out / 'sample_demo.png'}")
     return 0
 
 

@@ -284,6 +284,8 @@ def is_registered(name: str) -> bool:
 
 
 def _resolve(name: str) -> Callable[..., Any]:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a registered model name (a str), got {name!r}")
     if name.startswith(E2S_PREFIX) and len(name) > len(E2S_PREFIX):
         # "earth2studio:SFNO" = the "earth2studio" entry with model="SFNO"
         return functools.partial(_resolve("earth2studio"), name[len(E2S_PREFIX):])

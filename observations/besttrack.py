@@ -19,6 +19,7 @@ with two later fixes (2023-09-14 00 UTC and the 2023-09-16 20 UTC landfall).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,16 +76,23 @@ class BestTrack:
         return self._take((self.time >= t0) & (self.time <= t1))
 
 
-def _coord(text: str, where: str) -> float:
-    """'170N' (ATCF, tenths) or '17.0N' (HURDAT2) -> signed degrees."""
+def _coord(text: str, where: str, kind: str = "lat") -> float:
+    """'170N' (ATCF, tenths) or '17.0N' (HURDAT2) -> signed degrees; ``kind`` "lat"
+    (N/S, at most 90) or "lon" (E/W, at most 360; wrapped later): ATCF's 999N is not
+    99.9 N."""
     raw = text.strip()
     text = raw.upper()
-    if len(text) < 2 or text[-1] not in "NSEW":
-        raise ValueError(f"{where}: bad latitude/longitude {raw!r}")
+    hemis, limit = ("NS", 90.0) if kind == "lat" else ("EW", 360.0)
+    name = "latitude" if kind == "lat" else "longitude"
+    if len(text) < 2 or text[-1] not in hemis:
+        raise ValueError(f"{where}: bad {name} {raw!r}")
     try:
         value = float(text[:-1]) if "." in text else int(text[:-1]) / 10.0
     except ValueError as exc:
-        raise ValueError(f"{where}: bad latitude/longitude {raw!r}") from exc
+        raise ValueError(f"{where}: bad {name} {raw!r}") from exc
+    if not (math.isfinite(value) and 0.0 <= value <= limit):
+        raise ValueError(f"{where}: {name} {raw!r} is not within 0 .. {limit:g} {hemis[0]}/"
+                         f"{hemis[1]}")
     return -value if text[-1] in "SW" else value
 
 
@@ -121,9 +129,12 @@ def _build(rows: list[tuple], path: Path, storm_id: str, name: str) -> BestTrack
 
 
 def _open_lines(path: str | os.PathLike[str]) -> tuple[Path, list[str]]:
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a file path, got {path!r}")
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"path: best-track file {p} not found")
+        what = "not a regular file" if p.exists() else "not found"
+        raise ValueError(f"path: best-track file {p}: {what}")
     return p, p.read_text(encoding="ascii", errors="replace").splitlines()
 
 
@@ -146,7 +157,7 @@ def read_atcf(path: str | os.PathLike[str]) -> BestTrack:
         except ValueError as exc:
             raise ValueError(f"{where}: bad date/time {f[2]!r} (want YYYYMMDDHH)") from exc
         mslp = _number(f[9], where, "pressure")
-        row = (when, _coord(f[6], where), _coord(f[7], where), _number(f[8], where, "vmax"),
+        row = (when, _coord(f[6], where), _coord(f[7], where, "lon"), _number(f[8], where, "vmax"),
                float("nan") if mslp == 0 else mslp, f[10].upper()[:2])
         if not storm_id:
             storm_id = f"{f[0].upper()}{int(f[1]):02d}{when.year}" if f[1].isdigit() else f[0]
@@ -189,7 +200,7 @@ def read_hurdat2(path: str | os.PathLike[str], storm_id: str | None = None) -> B
         except ValueError as exc:
             raise ValueError(f"{where}: bad date/time {f[0]!r}, {f[1]!r}") from exc
         assert current is not None
-        current.append((when, _coord(f[4], where), _coord(f[5], where),
+        current.append((when, _coord(f[4], where), _coord(f[5], where, "lon"),
                         _number(f[6], where, "vmax"), _number(f[7], where, "pressure"),
                         f[3].upper()[:2]))
         remaining -= 1

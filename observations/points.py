@@ -150,6 +150,13 @@ class PointObservations:
                  *, grid_lat: Any, grid_lon: Any, variables: Sequence[str]) -> None:
         glat, glon = _check_grid(grid_lat, grid_lon)
         plat, plon = _vector("lat", lat), _vector("lon", lon)
+        if (np.abs(plat) > 90.0).any():
+            bad = int(np.flatnonzero(np.abs(plat) > 90.0)[0])
+            raise ValueError(f"lat[{bad}] = {plat[bad]} is not within -90 .. 90")
+        if isinstance(variables, str) or not all(isinstance(v, str) for v in variables):
+            raise TypeError(f"variables must be a sequence of names, got {variables!r}")
+        if not isinstance(variable, str) and not all(isinstance(v, str) for v in variable):
+            raise TypeError(f"variable must be a name or a sequence of names, got {variable!r}")
         if plat.size != plon.size:
             raise ValueError(f"lat has {plat.size} points but lon has {plon.size}")
         if plat.size == 0:
@@ -242,7 +249,7 @@ def read_point_table(path: str | os.PathLike[str], *, required: Sequence[str] = 
 
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"{p}: not found" if not p.exists() else f"{p}: not a file")
+        raise ValueError(f"{p}: not found" if not p.exists() else f"{p}: not a regular file")
     suffix = p.suffix.lower()
     try:
         if suffix == ".csv":
@@ -280,4 +287,15 @@ def read_point_table(path: str | os.PathLike[str], *, required: Sequence[str] = 
                 raise ValueError(f"{p}: column {column!r} must be numbers, row {row} holds "
                                  f"{frame[column].iloc[row]!r}")
             frame[column] = values
+            numbers = values.to_numpy(dtype=np.float64)
+            # Inf is never a value; NaN only an absent observation (the row says nothing)
+            bad = np.isinf(numbers) | (np.isnan(numbers) if column != "observation" else False)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"{p}: column {column!r} row {row} holds {numbers[row]}, "
+                                 "not a finite number")
+    if "lat" in frame.columns and not frame["lat"].between(-90, 90).all():
+        row = int(np.flatnonzero(~frame["lat"].between(-90, 90).to_numpy())[0])
+        raise ValueError(f"{p}: column 'lat' row {row} holds {frame['lat'].iloc[row]}, "
+                         "not within -90 .. 90")
     return frame

@@ -54,6 +54,10 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "",
         yield tmp
         os.chmod(tmp, _file_mode())
         os.replace(tmp, final)
+    except OSError as exc:  # name the output the user asked for, not the temporary file
+        if exc.filename is None or str(tmp) not in str(exc.filename):
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(final)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

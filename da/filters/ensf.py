@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 
 from tfda.da import sampler as _sampler
-from tfda.da._checks import check_ensemble, observation_mask
+from tfda.da._checks import check_ensemble, check_fields, observation_mask
 from tfda.da.devices import randn
 from tfda.da.filters.halo import check_shardable, sharded_analysis, sharding
 from tfda.da.filters.kernel import kernel_analysis
@@ -140,6 +140,7 @@ class EnSF:
     group: Any = None
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finite numbers first, each error naming its field
         if self.score not in ("kernel", "localised", "mixture", "paired"):
             raise ValueError("score must be 'kernel', 'localised', 'mixture' or 'paired', "
                              f"got {self.score!r}")

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from tfda.da._checks import check_ensemble, observation_mask
+from tfda.da._checks import check_ensemble, check_fields, observation_mask
 from tfda.da.filters.halo import check_shardable, sharded_analysis, sharding
 from tfda.da.filters.local import (
     Sites,
@@ -76,6 +76,7 @@ class LETKF:
     group: Any = None
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finite numbers first, each error naming its field
         if self.radius is not None and not self.radius > 0:
             raise ValueError(f"radius must be > 0 or None, got {self.radius}")
         if self.radius is not None and self.distance is None:

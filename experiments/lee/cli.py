@@ -21,6 +21,7 @@ from tfda.experiments import rundir
 from tfda.experiments._errors import ArgumentParser, UserError, command
 from tfda.experiments.config import load_toml
 from tfda.experiments.lee.config import LeeConfig
+from tfda.experiments.lee.io import COMMAND
 from tfda.experiments.lee.study import run
 
 
@@ -84,10 +85,13 @@ def _parser() -> ArgumentParser:
     p.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (does not change the results or the resume state)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out that is not a `tfda lee` run directory (files "
+                        "of the same names are replaced, others kept)")
     return p
 
 
-def config_from_args(argv: list[str] | None) -> tuple[LeeConfig, Path]:
+def config_from_args(argv: list[str] | None) -> tuple[LeeConfig, Path, bool]:
     args = _parser().parse_args(argv)
     values: dict[str, Any] = {}
     if args.config:
@@ -107,22 +111,39 @@ def config_from_args(argv: list[str] | None) -> tuple[LeeConfig, Path]:
     try:
         cfg = LeeConfig.from_dict(values)
     except UserError as exc:
-        where = f"--config {args.config}: " if args.config else ""
-        raise UserError(f"{where}{exc}") from exc
+        raise UserError(_name_what_was_written(str(exc), args)) from exc
     out = Path(args.out) if args.out else Path("runs") / f"lee_{cfg.mode}"  # under the cwd
     cfg.torch_device()  # a device that is not there fails now, not after the analogue's truth run
-    return cfg, rundir.check_out_dir(out)
+    return cfg, rundir.check_out_dir(out, command=COMMAND, force=args.force), args.force
+
+
+# keys a flag sets: an error about one of them names the flag the user typed
+_FLAGS = {"members": "--members", "ensf_steps": "--ensf-steps", "seed": "--seed",
+          "forecast_days": "--forecast-days", "parareal_slices": "--parareal-slices",
+          "parareal_mode": "--parareal-mode", "device": "--device", "stations": "--stations",
+          "model": "--model", "era5": "--era5", "weights": "--weights"}
+
+
+def _name_what_was_written(message: str, args) -> str:
+    """``message`` (it starts with the key) with the flag when a flag set that key, else
+    prefixed by the --config file that did."""
+    for key, flag in _FLAGS.items():
+        given = getattr(args, key, None) is not None
+        if given and (message.startswith(f"{key}:") or message.startswith(f"{key} ")):
+            value = getattr(args, key)
+            return f"{flag} {value}{message[len(key):]}"
+    return f"--config {args.config}: {message}" if args.config else message
 
 
 @command("tfda lee")
 def main(argv: list[str] | None = None) -> int:
-    cfg, out = config_from_args(argv)
+    cfg, out, force = config_from_args(argv)
     if cfg.mode == "analogue" and cfg.torch_device().type == "cpu" and cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     print(f"tfda lee: {cfg.mode} ({cfg.model}), {cfg.members} members, Day 0 = {cfg.day0}, "
           f"EnSF on days {list(cfg.obs_days)}, {cfg.forecast_days}-day track forecasts "
           f"on {cfg.torch_device()} -> {out}", flush=True)
-    metrics = run(cfg, out)
+    metrics = run(cfg, out, force=force)
     print(format_table(metrics))
     print(f"run directory: {out}  ({metrics['wall_seconds']:.1f} s)")
     return 0

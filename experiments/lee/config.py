@@ -4,6 +4,7 @@ and type checked on load (experiments.config), written to the run directory as c
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -94,6 +95,10 @@ class LeeConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("analogue", "era5"):
             raise ValueError(f"mode must be 'analogue' or 'era5', got {self.mode!r}")
+        if self.mode == "analogue" and (self.weights is not None or self.era5 is not None):
+            key = "weights" if self.weights is not None else "era5"
+            raise ValueError(f"{key}: only used in era5 mode (give --era5 too); the analogue "
+                             "runs the barotropic model")
         if self.members < 3:
             raise ValueError(f"members must be >= 3 (an ellipse needs 3), got {self.members}")
         self._check_ensf()
@@ -116,6 +121,9 @@ class LeeConfig:
             raise ValueError(f"obs_days must be distinct and increasing, got {days}")
         if days[-1] != 0:
             raise ValueError(f"obs_days must end on Day 0 (the analysis time), got {days}")
+        gaps = {b - a for a, b in zip(days, days[1:], strict=False)}
+        if len(gaps) > 1:  # the cycle's forecast length is one number
+            raise ValueError(f"obs_days must be evenly spaced, got {days}")
         if self.vortex_day > days[0]:
             raise ValueError(f"vortex_day ({self.vortex_day}) must not be later than the "
                              f"first of obs_days ({days[0]})")
@@ -131,10 +139,65 @@ class LeeConfig:
             raise ValueError(f"parareal_mode must be batched/distributed/serial, "
                              f"got {self.parareal_mode!r}")
         try:
-            datetime.fromisoformat(self.day0)
+            day0 = datetime.fromisoformat(self.day0)
         except ValueError:
             raise ValueError(f"day0 must be an ISO date/time such as 2023-09-08T00:00, "
                              f"got {self.day0!r}") from None
+        if day0.tzinfo is not None:  # ERA5 and the best tracks are naive UTC times
+            raise ValueError(f"day0 must be a UTC time without a zone (2023-09-08T00:00), "
+                             f"got {self.day0!r}")
+        self._check_ranges()
+        self._check_sizes()
+
+    def _check_ranges(self) -> None:
+        """Values the types allow but the study cannot use."""
+        for key in ("error_scale", "error_length_scale_km", "vortex_vmax", "vortex_rmax_km",
+                    "max_displacement_km", "vorticity_threshold"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{key} must be finite and > 0, got {value}")
+        for key, lat in (("vortex_lat", self.vortex_lat), ("first_guess", self.first_guess[0])):
+            if not (math.isfinite(lat) and -90 <= lat <= 90):
+                raise ValueError(f"{key}: latitude {lat} is not within -90 .. 90")
+        if not all(map(math.isfinite, (self.vortex_lon, self.first_guess[1]))):
+            raise ValueError("vortex_lon and first_guess longitudes must be finite")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+    def _check_sizes(self) -> None:
+        """Steps and memory the run needs, from the sizes given (experiments.resources)."""
+        from tfda.experiments import resources
+
+        grid = self.state_size()
+        step_hours = (float(self.analogue_model.get("step_hours", 6.0))
+                      if self.mode == "analogue" else 6.0)
+        spd = 24.0 / step_hours if step_hours > 0 else math.inf
+        resources.check_steps("forecast_days", 2 * self.forecast_days * spd, "model steps")
+        resources.check_steps("vortex_day", -self.vortex_day * spd, "model steps")
+        resources.check_steps("ensf_steps", self.ensf_steps * max(len(self.obs_days) - 1, 1),
+                              "sampler steps")
+        if self.stations > 0:  # H(x) of every member at every station and variable
+            resources.check_memory("stations", resources.ensemble_bytes(
+                self.members + 16, 6 * self.stations), f"{self.stations} stations")
+        if grid is not None:  # baseline and EnSF ensembles, forecast together
+            itemsize = 8 if self.mode == "analogue" else 4  # FourCastNet runs in float32
+            resources.check_memory("members", resources.ensemble_bytes(
+                2 * self.members, grid, itemsize=itemsize),
+                                   f"{2 * self.members} ensemble members of {grid} values")
+
+    def state_size(self) -> int | None:
+        """Values in one state (variables x lat x lon), from the configuration alone;
+        None where only the built model knows it."""
+        if self.mode == "analogue":
+            from tfda.experiments.resources import box_points
+            from tfda.models.barotropic import VARIABLES
+
+            points = box_points({**ANALOGUE_MODEL, **self.analogue_model})
+            return None if points is None else len(VARIABLES) * points
+        if self.model == "fourcastnet":
+            h, w = self.afno.get("img_size", (720, 1440))
+            return int(self.afno.get("in_chans", 20)) * (int(h) + 1) * int(w)
+        return None
 
     def _check_ensf(self) -> None:
         """The EnSF options, checked by EnSF itself, before any work (its errors name them)."""

@@ -1,6 +1,7 @@
 """What the Lee study writes: the run directory (config.json, observations.nc,
 analyses.nc, tracks.nc, metrics.json and, last, COMPLETE), every file atomically
-(experiments.rundir) so an interrupted run never leaves a truncated one."""
+into the staging directory of experiments.rundir, moved into ``--out`` when complete,
+so an interrupted run never leaves a truncated file or touches a finished run."""
 
 from __future__ import annotations
 
@@ -36,18 +37,20 @@ def write_dataset(ds, path: Path) -> None:
         ds.to_netcdf(tmp, engine="netcdf4")
 
 
+COMMAND = "tfda lee"
 OUTPUTS = ("config.json", "observations.nc", "stations.csv", "analyses.nc", "tracks.nc",
            "metrics.json", "tracks.png", "tracks.pdf")
 
 
-def begin_run(out: Path, cfg: LeeConfig) -> None:
-    """Un-mark a previous run first, so a half-written directory never looks complete,
-    and remove its outputs (and another configuration's checkpoints), so old results
-    never sit beside the new config.json; this configuration's checkpoints stay."""
+def begin_run(out: Path, cfg: LeeConfig, *, force: bool = False) -> Path:
+    """Open the run's transaction (experiments.rundir): the staging directory beside
+    ``out`` that everything is written into, with earlier outputs (and another
+    configuration's checkpoints) removed; this configuration's checkpoints stay."""
     fp = cfg.fingerprint()
-    stale = [p.name for p in (out / "checkpoints").glob("*") if fp not in p.name]
-    rundir.begin(out, [*OUTPUTS, *(f"checkpoints/{n}" for n in stale)],
-                 config=json_safe(cfg.to_dict()))
+    staged = rundir.staging_dir(out) / "checkpoints"
+    stale = [p.name for p in staged.glob("*") if fp not in p.name]
+    return rundir.begin(out, [*OUTPUTS, *(f"checkpoints/{n}" for n in stale)],
+                        command=COMMAND, config=json_safe(cfg.to_dict()), force=force)
 
 
 def analyses_dataset(cfg: LeeConfig, model, obs: Observations, baseline, ensf):
@@ -113,11 +116,12 @@ def write_outputs(out: Path, cfg: LeeConfig, obs: Observations, baseline, ensf, 
     rundir.write_json(out / "metrics.json", json_safe(metrics))
 
 
-def finish_run(out: Path, metrics: dict[str, Any]) -> None:
-    """Update metrics (final wall time), drop the checkpoints, write COMPLETE last."""
+def finish_run(staging: Path, metrics: dict[str, Any]) -> Path:
+    """Update metrics (final wall time), drop the checkpoints, write COMPLETE last and
+    move the run into its ``--out`` (returned)."""
     import shutil
 
-    rundir.write_json(out / "metrics.json", json_safe(metrics))
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    rundir.finish(out, {"finished": datetime.now().isoformat(), "files": files})
+    rundir.write_json(staging / "metrics.json", json_safe(metrics))
+    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+    files = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
+    return rundir.finish(staging, {"finished": datetime.now().isoformat(), "files": files})

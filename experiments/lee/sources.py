@@ -135,6 +135,8 @@ def load_era5(cfg: LeeConfig, times: list[datetime], channels) -> tuple[torch.Te
     path = Path(cfg.era5 or "")
     if not path.exists():
         raise FileNotFoundError(f"--era5 {path}: not found (prepare it with `tfda era5`)")
+    if not (path.is_file() or path.is_dir()):  # /dev/zero, a FIFO
+        raise ValueError(f"--era5 {path}: not a regular file (nor a directory of ERA5 files)")
     try:
         if path.is_file():
             return load_prepared(path, times, channels)
@@ -171,5 +173,7 @@ def best_track_fixes(cfg: LeeConfig):
         return lee2023()
     path = Path(cfg.best_track)
     if not path.is_file():
+        if path.exists():
+            raise ValueError(f"best_track: {path}: not a regular file")
         raise FileNotFoundError(f"best_track: {path} not found")
     return read_atcf(path)

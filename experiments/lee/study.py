@@ -23,7 +23,7 @@ from tfda.experiments.cycle import model_coords
 from tfda.experiments.factories import analysis_group, make_filter
 from tfda.experiments.lee.config import TRACK_VARIABLES, LeeConfig
 from tfda.experiments.lee.inputs import prepare_inputs, steps_in
-from tfda.experiments.lee.io import begin_run, finish_run, write_outputs
+from tfda.experiments.lee.io import COMMAND, begin_run, finish_run, write_outputs
 from tfda.experiments.plot_tracks import plot_run
 from tfda.geo import great_circle_km
 
@@ -70,9 +70,8 @@ def cycle_to_day0(cfg: LeeConfig, model, obs, ckpt_dir: Path, device, group=None
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
     pert = obs.error.sample((cfg.members, *y.shape[1:]), generator=gen, dtype=y.dtype)
     ens = y[0][None] + pert.to(device)
+    # evenly spaced: LeeConfig checked obs_days before any work
     gaps = {obs.times[k] - obs.times[k - 1] for k in range(1, len(obs.times))}
-    if len(gaps) > 1:
-        raise ValueError(f"obs_days must be evenly spaced, got {list(cfg.obs_days)}")
     if not gaps:  # Day 0 only: the "cycle" is the analysis of the initial ensemble
         return {"ensemble": ens, "log": []}
     n = steps_in(model, gaps.pop(), "obs_days")
@@ -124,26 +123,31 @@ def distributed_group(cfg: LeeConfig):
     return grid.slice_group, ctx.rank
 
 
-def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
+def run(cfg: LeeConfig, out: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:
     """Run the study into ``out``; returns the metrics (also in out/metrics.json).
 
-    ``wall_seconds`` sums every attempt of a resumed run (up to its last checkpoint)."""
-    out = rundir.check_out_dir(out)
+    Everything is written into ``out``'s staging directory (experiments.rundir) and
+    moved into ``out`` when complete: a failed or killed run leaves ``out`` as it was,
+    and the same command resumes from the staged checkpoints. ``wall_seconds`` sums
+    every attempt of a resumed run (up to its last checkpoint). Under Parareal across
+    ranks only rank 0 writes."""
+    out = rundir.check_out_dir(out, command=COMMAND, force=force)
     device = cfg.torch_device()
     inputs = prepare_inputs(cfg)  # validates before writing
     group, rank = distributed_group(cfg)
     writer = rank == 0
-    if writer:
-        begin_run(out, cfg)
-    ckpt = out / "checkpoints" / f"cycle-{cfg.fingerprint()}.pt"
+    staging = begin_run(out, cfg, force=force) if writer else rundir.staging_dir(out)
+    ckpt = staging / "checkpoints" / f"cycle-{cfg.fingerprint()}.pt"
     if writer and ckpt.is_file():
         print(f"resuming from {ckpt} (an earlier attempt's last analysis)", flush=True)
-    clock = rundir.WallClock(out / "checkpoints" / f"wall-{cfg.fingerprint()}.json")
+    clock = rundir.WallClock(staging / "checkpoints" / f"wall-{cfg.fingerprint()}.json")
     model = inputs.model.to(device)
     obs = inputs.observations
     sharded = analysis_group()[0] if group is None else None
-    cyc = cycle_to_day0(cfg, model, obs, out / "checkpoints", device, group, checkpoint=writer,
-                        on_save=clock.checkpoint, shards=sharded)
+    if torch.distributed.is_initialized():  # the writer's staging directory first
+        torch.distributed.barrier()
+    cyc = cycle_to_day0(cfg, model, obs, staging / "checkpoints", device, group,
+                        checkpoint=writer, on_save=clock.checkpoint, shards=sharded)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
     y0 = obs.y[-1].to(device)
     baseline = y0[None] + obs.error.sample((cfg.members, *y0.shape), generator=gen,
@@ -169,8 +173,9 @@ def run(cfg: LeeConfig, out: str | os.PathLike) -> dict[str, Any]:
                                    best[1][0])),
                "wall_seconds": clock.total()}
     if writer:
-        write_outputs(out, cfg, obs, baseline, cyc["ensemble"], tracks, inputs, spd, metrics)
-        plot_run(out)  # from the files just written: `tfda plot-tracks` draws the same
+        write_outputs(staging, cfg, obs, baseline, cyc["ensemble"], tracks, inputs, spd,
+                      metrics)
+        plot_run(staging)  # from the files just written: `tfda plot-tracks` draws the same
         metrics["wall_seconds"] = clock.total()
-        finish_run(out, metrics)
+        finish_run(staging, metrics)
     return metrics

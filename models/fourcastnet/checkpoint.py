@@ -24,6 +24,8 @@ __all__ = ["load_normalisation", "load_state_dict", "load_weights", "save_checkp
 def _require_file(path: str | os.PathLike[str], what: str) -> Path:
     p = Path(path)
     if not p.is_file():
+        if p.exists():
+            raise ValueError(f"{what} {p}: not a regular file")
         raise FileNotFoundError(f"{what} not found: {p}")
     return p
 

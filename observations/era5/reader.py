@@ -55,10 +55,23 @@ def _files(paths_or_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str
         paths: list[Path] = [p]
     else:
         paths = [Path(x) for x in paths_or_dir]
+    odd = [str(p) for p in paths if p.exists() and not p.is_file()]
+    if odd:  # a directory among files, /dev/zero, a FIFO: there, but not a file
+        raise ValueError(f"paths_or_dir: not a regular file: {odd}")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing or not paths:
         raise ValueError(f"paths_or_dir: files not found: {missing or '(empty list)'}")
     return paths
+
+
+def _check_channels_arg(channels: Any, dtype: Any) -> None:
+    if isinstance(channels, str) or not all(isinstance(c, str) for c in channels):
+        raise TypeError(f"channels must be a sequence of channel names, got {channels!r}")
+    twice = sorted({c for c in channels if list(channels).count(c) > 1})
+    if twice:
+        raise ValueError(f"channels: {twice} given more than once")
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
 
 
 def load_era5(
@@ -74,6 +87,7 @@ def load_era5(
     0..360. ``times`` selects times (all times common to the files by default). Returns the
     tensor and ``{"time": datetime64[ns] array, "channel": tuple, "lat", "lon"}``. A channel
     whose variable or level is absent from every file raises ValueError naming it."""
+    _check_channels_arg(channels, dtype)
     files = _files(paths_or_dir)
     specs = [channel_spec(c) for c in channels]
     pieces: dict[str, list[xr.DataArray]] = {s.name: [] for s in specs}
@@ -145,7 +159,13 @@ def load_era5(
         absent = [str(t) for t in want if t not in have]
         if absent:
             raise ValueError(f"times: channel {name} has no data at {absent}")
-        arrays.append(da.sel(time=want).values)
+        values = da.sel(time=want).values
+        inf = np.isinf(values)
+        if inf.any():  # NaN may mean "not defined here"; Inf is a broken file
+            k = int(np.flatnonzero(inf.any(axis=(1, 2)))[0])
+            raise ValueError(f"channel {name} holds Inf values at {str(want[k])[:16]} "
+                             f"({int(inf.sum())} values): check the files")
+        arrays.append(values)
     assert grid is not None
     tensor = torch.from_numpy(np.stack(arrays, axis=1)).to(dtype)
     coords = {"time": want, "channel": tuple(channels), "lat": grid[0].copy(),

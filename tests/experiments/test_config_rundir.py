@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -144,13 +145,114 @@ def test_check_out_dir_and_begin(tmp_path):
         rundir.check_out_dir(tmp_path / "f" / "sub" / "run")
     assert rundir.check_out_dir(tmp_path / "new" / "run") == tmp_path / "new" / "run"
     assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def _tree(d):
+    """{relative path: bytes} of every file under ``d`` (a run directory's checksum)."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_a_run_is_a_transaction(tmp_path):
     out = tmp_path / "run"
-    (out / "figs").mkdir(parents=True)
-    for name in ("COMPLETE", "metrics.json", "figs/a.png", "keep.txt"):
-        (out / name).write_text("old")
-    rundir.begin(out, ["metrics.json", "figs"], config={"k": 1})
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "keep.txt"]
-    assert json.loads((out / "config.json").read_text()) == {"k": 1}
+    staging = rundir.begin(out, [], command="tfda x", config={"k": 1})
+    assert staging == rundir.staging_dir(out) and not out.exists()  # --out untouched
+    (staging / "metrics.json").write_text("first")
+    (staging / "figs").mkdir()
+    (staging / "figs" / "a.png").write_text("first")
+    assert rundir.finish(staging, {"n": 1}) == out.absolute()
+    assert not staging.exists() and (out / "COMPLETE").is_file()
+    (out / "notes.txt").write_text("mine")  # the user's: never deleted
+    done = _tree(out)
+
+    # a second run that fails: the complete run is untouched, the staged files stay
+    staging = rundir.begin(out, ["metrics.json", "figs"], command="tfda x", config={"k": 2})
+    (staging / "checkpoint.pt").write_text("resume me")
+    assert _tree(out) == done
+    # the same command finds its staging directory (and checkpoint) again
+    staging = rundir.begin(out, ["metrics.json"], command="tfda x", config={"k": 2})
+    assert (staging / "checkpoint.pt").read_text() == "resume me"
+    (staging / "checkpoint.pt").unlink()
+    (staging / "metrics.json").write_text("second")
+    rundir.finish(staging, {"n": 2})
+    # figs/ was the first run's and is not the second's: gone; notes.txt stays
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["COMPLETE", rundir.MARKER, "config.json", "metrics.json", "notes.txt"])
+    assert (out / "metrics.json").read_text() == "second"
+    assert json.loads((out / "config.json").read_text()) == {"k": 2}
+
+
+def test_out_dir_of_another_owner_is_refused(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("my own")
+    with pytest.raises(UserError, match="mine: exists and is not a tfda run directory"):
+        rundir.begin(mine, [], command="tfda x")
+    with pytest.raises(UserError, match="not a tfda run directory"):
+        rundir.check_out_dir(mine, command="tfda x")
+    assert (mine / "config.json").read_text() == "my own" and len(list(tmp_path.iterdir())) == 1
+    other = rundir.finish(rundir.begin(tmp_path / "other", [], command="tfda y"), {})
+    with pytest.raises(UserError, match="is a run directory of 'tfda y', not of 'tfda x'"):
+        rundir.check_out_dir(other, command="tfda x")
+    # --force: written into, files of the same names replaced, the rest kept
+    (mine / "keep.txt").write_text("keep")
+    staging = rundir.begin(mine, [], command="tfda x", force=True, config={"k": 1})
+    rundir.finish(staging, {})
+    assert (mine / "keep.txt").read_text() == "keep"
+    assert json.loads((mine / "config.json").read_text()) == {"k": 1}
+    assert rundir.check_out_dir(mine, command="tfda x") == mine  # now a run directory
+
+
+def test_a_commit_killed_half_way_is_finished_by_the_next_begin(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    rundir.finish(rundir.begin(out, [], command="tfda x", config={"k": 1}), {})
+    (out / "notes.txt").write_text("mine")  # not tfda's: the commit goes file by file
+    staging = rundir.begin(out, [], command="tfda x", config={"k": 2})
+    (staging / "metrics.json").write_text("new")
+    real = rundir.os.replace
+    calls = []
+
+    def dies_on_the_second_move(src, dst):  # into --out (not the staged atomic writes)
+        calls.extend([src] if Path(dst).parent == out else [])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        real(src, dst)
+
+    monkeypatch.setattr(rundir.os, "replace", dies_on_the_second_move)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.finish(staging, {})
+    monkeypatch.setattr(rundir.os, "replace", real)
+    assert not (out / "COMPLETE").exists()  # a mixed directory never looks complete
+    rundir.begin(out, [], command="tfda x")  # finishes the commit first
+    assert (out / "COMPLETE").is_file() and (out / "metrics.json").read_text() == "new"
+    assert json.loads((out / "config.json").read_text()) == {"k": 2}
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_over_tfdas_own_run_the_commit_is_one_atomic_exchange(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    if not rundir._exchange(a, b):
+        pytest.skip("no renameat2 RENAME_EXCHANGE on this system or file system")
+    out = tmp_path / "run"
+    rundir.finish(rundir.begin(out, [], command="tfda x", config={"k": 1}), {})
+    staging = rundir.begin(out, [], command="tfda x", config={"k": 2})
+    inode = staging.stat().st_ino
+
+    def killed(path, *args, **kwargs):  # dies right after the exchange, before the cleanup
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(rundir.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.finish(staging, {})
+    monkeypatch.undo()
+    # --out is the new complete run (the staged directory itself, swapped in) ...
+    assert out.stat().st_ino == inode and (out / "COMPLETE").is_file()
+    assert json.loads((out / "config.json").read_text()) == {"k": 2}
+    # ... the previous run lies in the staging directory; the next begin removes it
+    assert json.loads((staging / "config.json").read_text()) == {"k": 1}
+    rundir.begin(out, [], command="tfda x")
+    assert json.loads((out / "config.json").read_text()) == {"k": 2}
+    assert sorted(p.name for p in staging.iterdir()) == [rundir.MARKER]
 
 
 def test_wall_clock_sums_attempts(tmp_path):

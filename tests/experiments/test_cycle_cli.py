@@ -7,7 +7,7 @@ import pytest
 import torch
 import xarray as xr
 
-from tfda.experiments import cycle
+from tfda.experiments import cycle, rundir
 
 TINY = """
 [model]
@@ -66,13 +66,14 @@ def test_cycle_runs_and_resumes_identically(tmp_path, monkeypatch):
     monkeypatch.setattr(cycle, "make_filter", flaky)
     with pytest.raises(KeyboardInterrupt):
         cycle.main([str(conf), "--out", str(out), "--no-progress"])
-    assert not (out / "COMPLETE").exists() and list(out.glob("checkpoint-*.pt"))
+    # nothing in --out yet; the checkpoint is staged beside it (experiments.rundir)
+    assert not out.exists() and list(rundir.staging_dir(out).glob("checkpoint-*.pt"))
     monkeypatch.setattr(cycle, "make_filter", real)
     assert cycle.main([str(conf), "--out", str(out), "--no-progress"]) == 0
     with xr.open_dataset(out / "cycle.nc") as ds:
         np.testing.assert_array_equal(ds["ensemble"].values, final)
         np.testing.assert_array_equal(ds["rmse_a"].values, rmse_a)
-    assert not list(out.glob("checkpoint-*.pt"))
+    assert not list(out.glob("checkpoint-*.pt")) and not rundir.staging_dir(out).exists()
 
 
 def test_bad_configs(tmp_path, capsys):

@@ -193,10 +193,13 @@ def test_bad_inputs_give_one_clear_message_and_no_complete_marker(tmp_path, caps
     assert not out.exists()  # inputs are checked before anything is written
 
 
-def test_rerun_removes_the_marker_before_writing(tmp_path, monkeypatch):
+def test_failed_rerun_keeps_the_complete_run_and_stages_its_checkpoints(tmp_path, monkeypatch):
+    from tfda.experiments import rundir
+
     out = tmp_path / "run"
     out.mkdir()
     (out / "COMPLETE").write_text("{}")
+    (out / rundir.MARKER).write_text('{"command": "tfda lee", "files": []}')
     cfg = lee.LeeConfig.from_dict(TINY_ANALOGUE)
 
     def boom(*args, **kwargs):
@@ -205,9 +208,9 @@ def test_rerun_removes_the_marker_before_writing(tmp_path, monkeypatch):
     monkeypatch.setattr(lee.study, "forecast_tracks", boom)
     with pytest.raises(RuntimeError):
         lee.run(cfg, out)
-    assert not (out / "COMPLETE").exists()
-    # the cycle checkpoints survive, so a restart resumes after the last analysis
-    assert (out / "checkpoints").is_dir()
+    assert sorted(p.name for p in out.iterdir()) == [rundir.MARKER, "COMPLETE"]
+    # the cycle checkpoints survive, staged, so a restart resumes after the last analysis
+    assert (rundir.staging_dir(out) / "checkpoints").is_dir()
 
 
 def test_config_validation():

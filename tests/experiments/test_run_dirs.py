@@ -17,7 +17,8 @@ import xarray as xr
 from test_bad_inputs import _nan_era5, _umask, run_tfda, tfda_command
 from test_lee import TINY_ANALOGUE, _era5_setup, _toml
 
-from tfda.experiments import lee
+from tfda.experiments import lee, rundir
+from tfda.experiments._errors import UserError
 
 # two EnSF cycles (a checkpoint after each), slow enough to be killed in between
 # (the paired sampler's 150 steps, not the kernel EnSF's 10: the run must be killable)
@@ -49,23 +50,24 @@ def test_sigkill_then_resume_with_no_progress_is_bit_identical(tmp_path):
     child = subprocess.Popen([*tfda_command(), "lee", "--config", conf, "--out", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 240
+    staged = rundir.staging_dir(out) / "checkpoints"  # the run is staged beside --out
     # the wall-time file is written just after the checkpoint: wait for both
-    while not (list((out / "checkpoints").glob("cycle-*.pt"))
-               and list((out / "checkpoints").glob("wall-*.json"))):
+    while not (list(staged.glob("cycle-*.pt")) and list(staged.glob("wall-*.json"))):
         assert child.poll() is None, "the run ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within 240 s"
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    assert not (out / "COMPLETE").exists() and not (out / "metrics.json").exists()
-    ckpt = next((out / "checkpoints").glob("cycle-*.pt"))
+    assert not out.exists()  # nothing appears in --out before the run is complete
+    ckpt = next(staged.glob("cycle-*.pt"))
     assert ckpt.stat().st_mode & 0o777 == 0o666 & ~_umask()
-    first_attempt = json.loads(next((out / "checkpoints").glob("wall-*.json")).read_text())
+    first_attempt = json.loads(next(staged.glob("wall-*.json")).read_text())
 
     proc = run_tfda("lee", "--config", conf, "--out", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert f"resuming from {ckpt}" in proc.stdout  # same hash despite --no-progress
     assert (out / "COMPLETE").is_file() and not (out / "checkpoints").exists()
+    assert not rundir.staging_dir(out).exists()
     a, b = _outputs(ref), _outputs(out)
     assert a.keys() == b.keys()
     for key in a:
@@ -79,27 +81,32 @@ def test_sigkill_then_resume_with_no_progress_is_bit_identical(tmp_path):
         assert p.stat().st_mode & 0o777 == 0o666 & ~_umask(), p
 
 
-def test_rerun_clears_old_outputs_before_anything_else(tmp_path, monkeypatch):
+def test_a_failed_run_leaves_out_alone_and_clears_stale_staged_outputs(tmp_path, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
-    old = {"COMPLETE": "{}", "metrics.json": '{"old": 1}', "tracks.png": "", "tracks.nc": "",
-           "analyses.nc": "", "notes.txt": "mine"}
-    for name, text in old.items():
-        (out / name).write_text(text)
-    (out / "checkpoints").mkdir()
-    (out / "checkpoints" / "cycle-0123456789abcdef.pt").write_text("another configuration")
+    (out / "notes.txt").write_text("mine")
     cfg = lee.LeeConfig.from_dict(TINY_ANALOGUE)
+    with pytest.raises(UserError, match="not a tfda run directory"):
+        lee.run(cfg, out)  # the user's directory: refused without --force
+    staging = rundir.staging_dir(out)
+    staging.mkdir()
+    (staging / rundir.MARKER).write_text('{"command": "tfda lee"}')
+    for name in ("metrics.json", "tracks.nc"):  # a killed attempt's debris
+        (staging / name).write_text("old")
+    (staging / "checkpoints").mkdir()
+    (staging / "checkpoints" / "cycle-0123456789abcdef.pt").write_text("another configuration")
 
     def killed(*args, **kwargs):
         raise RuntimeError("killed mid-run")
 
     monkeypatch.setattr(lee.study, "forecast_tracks", killed)
     with pytest.raises(RuntimeError):
-        lee.run(cfg, out)
-    left = sorted(p.name for p in out.iterdir())
-    assert left == ["checkpoints", "config.json", "notes.txt"], left
-    assert json.loads((out / "config.json").read_text())["members"] == cfg.members
-    assert [p.name for p in (out / "checkpoints").iterdir()
+        lee.run(cfg, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # --out untouched
+    left = sorted(p.name for p in staging.iterdir())
+    assert left == [rundir.MARKER, "checkpoints", "config.json"], left
+    assert json.loads((staging / "config.json").read_text())["members"] == cfg.members
+    assert [p.name for p in (staging / "checkpoints").iterdir()
             if p.name.startswith("cycle-")] == [f"cycle-{cfg.fingerprint()}.pt"]
 
 

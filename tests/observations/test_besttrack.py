@@ -61,7 +61,7 @@ def test_malformed_bdeck_line_is_reported_with_its_number(tmp_path):
     lines[4] = lines[4].replace(" 139N", " 1x9N")
     bad = tmp_path / "bad.dat"
     bad.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"bad\.dat:5: bad latitude/longitude '1x9N'"):
+    with pytest.raises(ValueError, match=r"bad\.dat:5: bad latitude '1x9N'"):
         read_atcf(bad)
     lines = LEE_BDECK.read_text().splitlines()
     lines[3] = lines[3].replace(" 55,  997", " 60,  997")  # a wind-radii repeat that disagrees
