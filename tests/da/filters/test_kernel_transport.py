@@ -17,7 +17,15 @@ from tfda.da.filters.kernel_transport import centre_posterior_mixture, systemati
 from tfda.da.schedule import Schedule
 from tfda.observations.operators import FromCallable, Identity
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """float64 for these tests only (the default dtype is global: restore it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _mixture_moments(prior, y, std, h):
