@@ -84,7 +84,7 @@ L96_DT04 = L96Setting(
     letkf={"radius": 2.0, "inflation": 1.2, "rtps": 0.0},
     ensf={"score": "kernel", "bandwidth": 0.95, "radius": 2.0, "inflation": 1.1, "steps": 10,
           "transport": "resample", "linearisation": "centres"},
-    expected_rmse_a={"letkf": 0.62, "ensf": 0.64},  # seeds 1-5 (docs/ensf.md)
+    expected_rmse_a={"letkf": 0.62, "ensf": 0.61},  # seeds 1-5 (docs/ensf.md)
     reference="issue 23: long observation interval (0.4 = 2 'days'), full obs, R = I",
     **_NONGAUSS,
 )
@@ -94,7 +94,7 @@ L96_ABS = L96Setting(
     letkf={"radius": 4.0, "inflation": 1.1, "rtps": 0.0},
     ensf={"score": "kernel", "bandwidth": 0.95, "radius": 4.0, "inflation": 1.1, "steps": 10,
           "transport": "resample", "linearisation": "centres"},
-    expected_rmse_a={"letkf": 1.09, "ensf": 1.58},  # seeds 1-5 (docs/ensf.md)
+    expected_rmse_a={"letkf": 1.06, "ensf": 1.38},  # seeds 1-5 (docs/ensf.md)
     reference="issue 23: |x| (sign-ambiguous) of every 2nd variable, std 1, dt 0.1",
     **_NONGAUSS,
 )
@@ -104,7 +104,7 @@ L96_ARCTAN_SHOCKS = L96Setting(
     letkf={"radius": 2.0, "inflation": 1.2, "rtps": 0.0},
     ensf={"score": "kernel", "bandwidth": 0.95, "radius": 2.0, "inflation": 1.2, "steps": 10,
           "transport": "resample", "linearisation": "centres"},
-    expected_rmse_a={"letkf": 1.68, "ensf": 1.19},  # seeds 1-5 (docs/ensf.md)
+    expected_rmse_a={"letkf": 1.71, "ensf": 1.21},  # seeds 1-5 (docs/ensf.md)
     reference="issue 23 / Bao, Chipilski, Liang, Zhang & Whitaker (MWR 2024): arctan obs, "
               "std 0.05, and every 20 cycles a N(0, 1) kick of the truth the model ignores",
     **_NONGAUSS,
