@@ -88,6 +88,8 @@ def _parser() -> ArgumentParser:
     d.add_argument("--backoff", type=float, default=30.0, help="first retry wait, s (doubles)")
     d.add_argument("--dry-run", action="store_true", help="print the requests, fetch nothing")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--force", action="store_true",
+                   help="arco: replace an existing --out file that tfda did not write")
 
     q = sub.add_parser("prepare", help="merge downloaded files into one tidy netCDF")
     window(q)
@@ -147,7 +149,7 @@ def check_channels(tensor: torch.Tensor, coords: dict) -> None:
 
 
 def _download_arco(times: list[datetime], out: str, channels: list[str],
-                   allow_any_grid: bool, *, dry_run: bool = False) -> int:
+                   allow_any_grid: bool, *, dry_run: bool = False, force: bool = False) -> int:
     """``download --source arco``: earth2studio's ARCO straight to the prepared file."""
     if Path(out).is_dir():
         raise UserError(f"--out {out}: is a directory; with --source arco give the netCDF "
@@ -161,7 +163,7 @@ def _download_arco(times: list[datetime], out: str, channels: list[str],
                           "variables": source_variables(channels),
                           "times": [t.isoformat() for t in times]}, indent=1))
         return 0
-    check_out_dir(Path(out).parent, "--out")
+    check_prepare_out(out, [], force)
 
     path, tensor, coords = download_arco(times, out, channels=channels,
                                          check_grid=not allow_any_grid,
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             assert times is not None
             if args.source == "arco":
                 return _download_arco(times, args.out, channels, args.allow_any_grid,
-                                      dry_run=args.dry_run)
+                                      dry_run=args.dry_run, force=args.force)
             if args.dry_run:
                 reqs = era5.build_requests(times, channels=channels)
                 print(json.dumps([{"dataset": r.dataset, "target": r.filename,

@@ -181,6 +181,19 @@ def test_era5_prepare_never_overwrites_its_input(tmp_path, capsys):
     assert other.read_bytes() == b"someone else's file"
 
 
+def test_demo_runs_are_transactions_too(tmp_path, capsys):
+    out = tmp_path / "demo"
+    tiny = ["demo", "--prior", "40", "--points", "40", "--no-progress", "--out", str(out)]
+    assert cli.main([*tiny, "--steps", "4"]) == 0
+    before, inode = checksum(out), out.stat().st_ino
+    rc = cli.main([*tiny, "--steps", "100000000"])
+    _one_line_exit_2(rc, capsys.readouterr().err, "--steps: the run would take about 1e+08")
+    assert checksum(out) == before
+    assert cli.main([*tiny, "--steps", "6"]) == 0  # replaced whole, nothing staged left
+    assert checksum(out) != before and out.stat().st_ino != inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
 HANGS = [  # each hung for > 120 s before (the audit); now one line within seconds
     (("lee", "--forecast-days", "1000000", "--out", "{d}/h1"), "--forecast-days"),
     (("demo", "--steps", "100000000", "--out", "{d}/h2"), "--steps"),
