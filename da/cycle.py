@@ -119,6 +119,7 @@ def run_cycle(
     checkpointer: Checkpointer | None = None,
     progress: bool = True,
     coords: Mapping[str, Any] | None = None,
+    shock: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> xr.Dataset:
     """Cycle ``analysis`` over ``n_cycles`` forecasts of ``model``; see the module docstring.
 
@@ -138,6 +139,10 @@ def run_cycle(
         coords: names and values of the state dimensions, in order (e.g. ``{"variable":
             model.variables, "lat": model.lat, "lon": model.lon}``); they label the
             returned ensemble and truth. None: dims s0, s1, ... without values.
+        shock: twin only: ``shock(k, truth) -> truth`` applied to the truth after the
+            forecast of cycle k, before it is observed: model error the ensemble does not
+            know (Bao et al., MWR 2024, SQG "shocks"). It must depend only on k and the
+            truth (so a resumed run repeats it).
     """
     _check_arguments(model, analysis, checkpointer, callback, observations)
     check_ensemble("ensemble", ensemble)
@@ -179,6 +184,8 @@ def run_cycle(
             x = model.step(x)
             if truth is not None:
                 truth = model.step(truth)
+        if shock is not None and truth is not None:
+            truth = shock(k, truth)
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"cycle {k}: the forecast ensemble is non-finite "
                                      "(the model diverged from the last analysis)")

@@ -10,7 +10,8 @@ prints three tables (docs/ensf.md quotes them):
    against eps_b / (eps_b + R) and the Kalman gain s / (s + R): the paired gain does
    not depend on s;
 2. the kernel EnSF's gain over the Kalman gain against its bandwidth h (20 members,
-   averaged over 20 ensembles with exact moments);
+   averaged over 20 ensembles with exact moments), for the deterministic flow and
+   (s = R = 1) the "resample" transport, with its variance over the Kalman variance;
 3. the posterior mean and variance of the paired and mixture estimators for a prior
    N(0, 1) of ``--members`` samples, y = 1, R = 1 (exact posterior N(0.5, 0.5)).
 """
@@ -49,8 +50,9 @@ def paired_gain_table(g: torch.Generator) -> list[str]:
 
 
 def kernel_gain_table(g: torch.Generator, repeats: int = 20) -> list[str]:
-    lines = ["| h | gain / Kalman, s = R = 1 | gain / Kalman, s = 4, R = 0.0025 |",
-             "|---|---|---|"]
+    lines = ["| h | gain / Kalman, s = R = 1 | gain / Kalman, s = 4, R = 0.0025 "
+             "| s = R = 1, transport='resample' (variance / Kalman's) |",
+             "|---|---|---|---|"]
     cases = ((1.0, 1.0), (4.0, 0.0025))
     priors = {case: [_standard(20, case[0], g) for _ in range(repeats)] for case in cases}
     for h in (0.5, 0.8, 0.9, 0.95, 1.0):
@@ -61,7 +63,13 @@ def kernel_gain_table(g: torch.Generator, repeats: int = 20) -> list[str]:
             mean = sum(float(filt.analysis(p, y, Identity(math.sqrt(r))).mean())
                        for p in priors[(s, r)]) / repeats
             cells.append(f"{mean / float(y) / (s / (s + r)):.3f}")
-        lines.append(f"| {h:g} | {cells[0]} | {cells[1]} |")
+        s, r = cases[0]
+        y = torch.tensor([math.sqrt(s + r)], dtype=F64)
+        filt = EnSF(score="kernel", bandwidth=h, transport="resample", seed=1)
+        posts = [filt.analysis(p, y, Identity(math.sqrt(r))) for p in priors[(s, r)]]
+        gain = sum(float(p.mean()) for p in posts) / repeats / float(y) / (s / (s + r))
+        var = sum(float(p.var()) for p in posts) / repeats / (s * r / (s + r))
+        lines.append(f"| {h:g} | {cells[0]} | {cells[1]} | {gain:.3f} ({var:.2f}) |")
     return lines
 
 

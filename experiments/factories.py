@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from tfda.da.protocols import ObservationError, ObservationOperator
 
 FILTER_NAMES = ("ensf", "letkf")
-OPERATOR_NAMES = ("identity", "every", "arctan")
+OPERATOR_NAMES = ("identity", "every", "arctan", "abs")
 
 
 def filter_class(name: str, where: str = "filter.name") -> type[EnSF] | type[LETKF]:
@@ -48,14 +48,23 @@ def make_operator(name: str, error: ObservationError | float, *,
                   locations: Sequence[float] | torch.Tensor | None = None,
                   where: str = "observations.operator") -> ObservationOperator:
     """``identity`` (every component), ``every`` (every ``stride``-th component of the
-    flattened state of ``state_size``) or ``arctan`` (Bao et al. 2309.00983, Eq. 38);
+    flattened state of ``state_size``), ``arctan`` (Bao et al. 2309.00983, Eq. 38) or
+    ``abs`` (|x|, sign-ambiguous), the last two on every ``stride``-th component if > 1;
     ``locations`` (one per observation) let a localised filter place the observations."""
-    from tfda.observations.operators import Arctan, Identity, Subset
+    from tfda.observations.operators import Absolute, Arctan, Identity, Subset
 
     if name == "identity":
         return Identity(error, locations=locations)
+    if name in ("arctan", "abs") and stride > 1:  # every stride-th component of the state
+        if state_size is None:
+            raise ValueError(f"make_operator({name!r}, stride={stride}) needs state_size")
+        idx = list(range(0, state_size, stride))
+        cls = Arctan if name == "arctan" else Absolute
+        return cls(error, indices=idx, locations=torch.tensor(idx, dtype=torch.float64))
     if name == "arctan":
         return Arctan(error, locations=locations)
+    if name == "abs":
+        return Absolute(error, locations=locations)
     if name == "every":
         if state_size is None:
             raise ValueError("make_operator('every') needs state_size")

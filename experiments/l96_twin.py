@@ -3,7 +3,8 @@
     tfda l96 SETTING [SETTING ...] --filter {ensf,letkf,all} --out DIR
 
 Settings live in experiments/settings/l96.py (sakov2008, ensf-arctan,
-ensf-arctan-1000, ensf-arctan-1e6). One setting and one filter write
+ensf-arctan-1000, ensf-arctan-1e6, and issue 23's l96-dt04, l96-abs, l96-arctan-shocks,
+bocquet2010). One setting and one filter write
 ``DIR/results.json`` (setting, filter, cycles, burn_in, rmse_a, spread_a,
 seconds_per_cycle, filter settings) and ``DIR/metrics.nc`` (per-cycle metrics);
 several write ``DIR/SETTING-FILTER/...`` plus ``DIR/table.json``, and print the
@@ -56,6 +57,24 @@ def make_l96_filter(name: str, setting: L96Setting, overrides: dict[str, Any]) -
     raise UserError(f"--filter must be one of {FILTERS}, got {name!r}")
 
 
+def make_shock(setting: L96Setting, seed: int) -> Any:
+    """The setting's model shocks: every ``shock_every``-th cycle the truth gets a kick
+    N(0, shock_std^2 I) that the forecast model does not know (Bao, Chipilski, Liang,
+    Zhang & Whitaker, MWR 2024, the SQG "shocks"); the kick of cycle k is drawn from a
+    generator seeded by (seed, k), so a resumed run repeats it. None without shocks."""
+    if setting.shock_every <= 0 or setting.shock_std <= 0.0:
+        return None
+
+    def shock(k: int, truth: torch.Tensor) -> torch.Tensor:
+        if k % setting.shock_every:
+            return truth
+        gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + k)
+        kick = torch.randn(truth.shape, generator=gen, dtype=truth.dtype)
+        return truth + setting.shock_std * kick.to(truth.device)
+
+    return shock
+
+
 def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict[str, Any],
             seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float64,
             progress: bool = True) -> dict[str, Any]:
@@ -63,7 +82,8 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
     directory of the run's staging directory: :func:`main` opens the transaction)."""
     model = Lorenz96(setting.nx, dt=setting.dt, rk4_dt=setting.rk4_dt, device=device)
     filt = make_l96_filter(filter_name, setting, overrides)
-    operator = make_operator(setting.operator, setting.obs_std,
+    operator = make_operator(setting.operator, setting.obs_std, state_size=setting.nx,
+                             stride=setting.obs_stride,
                              locations=torch.arange(setting.nx, dtype=torch.float64),
                              where=f"setting {setting.name}: operator")
     fp = rundir.fingerprint({"setting": dataclasses.asdict(setting), "filter": filter_name,
@@ -81,7 +101,8 @@ def run_one(setting: L96Setting, filter_name: str, out: Path, *, overrides: dict
     checkpointer = FileCheckpointer(resume)
     ds, seconds = timed(lambda: run_cycle(
         model, filt, operator, ensemble, n_cycles=setting.cycles, truth=truth, seed=seed + 1,
-        checkpointer=checkpointer, progress=progress), device=device)
+        checkpointer=checkpointer, progress=progress, shock=make_shock(setting, seed)),
+        device=device)
     after = ds.isel(cycle=slice(setting.burn_in, None))
     ranks = torch.as_tensor(after["rank_a"].values.sum(0))
     chi2, dof = rank_flatness(ranks)

@@ -13,7 +13,7 @@ needs from one object:
 Implementations: :class:`Identity`, :class:`Subset` (indices or a boolean mask
 over the state components: sparse stations, a subset of channels),
 :class:`Arctan` (the EnSF papers' nonlinear case, H(x) = arctan(x) on the chosen
-components) and :class:`FromCallable` (any user function).
+components), :class:`Absolute` (|x|, sign-ambiguous) and :class:`FromCallable` (any user function).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch
 from tfda.da.protocols import ObservationError, ObservationOperator
 from tfda.observations.errors import DiagonalError
 
-__all__ = ["Arctan", "FromCallable", "Identity", "ObservationOperator", "Subset", "as_error"]
+__all__ = ["Absolute", "Arctan", "FromCallable", "Identity", "ObservationOperator", "Subset",
+           "as_error"]
 
 ErrorLike = ObservationError | float | torch.Tensor
 
@@ -154,6 +155,38 @@ class Arctan:
 
     def __repr__(self) -> str:
         return f"Arctan(error={self.error!r})"
+
+
+class Absolute:
+    """H(x) = |x| on every component or on ``indices`` of the flat state: a
+    sign-ambiguous observation (issue 23's non-Gaussian twin).
+
+    A forecast ensemble that straddles 0 has observation-space perturbations |x_j|
+    uncorrelated with x_j, so a filter that linearises H through the ensemble (the
+    LETKF) learns nearly nothing from it, and the posterior of a variable near
+    +-sqrt(y) is bimodal. Differentiable almost everywhere (d|x|/dx = sign x, 0 at 0).
+    ``locations`` (one per observation) default to the flat indices observed.
+    """
+
+    def __init__(
+        self,
+        error: ErrorLike,
+        *,
+        indices: torch.Tensor | list[int] | None = None,
+        locations: Any = None,
+    ) -> None:
+        self.error = as_error(error)
+        self._subset = None
+        if indices is not None:
+            self._subset = Subset(self.error, indices=indices, locations=locations)
+            locations = self._subset.locations
+        self.locations = _as_locations(locations)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.abs(x if self._subset is None else self._subset(x))
+
+    def __repr__(self) -> str:
+        return f"Absolute(error={self.error!r})"
 
 
 class FromCallable:

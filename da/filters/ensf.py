@@ -65,6 +65,17 @@ class EnSF:
             weights per component from tapered logits, :mod:`da.localised_score`;
             needs ``taper``).
         bandwidth: kernel only: h in (0, 1]; 1 is the Gaussian (ETKF) limit.
+        transport: kernel only: "flow" (deterministic probability flow, one path per
+            member; below h ~ 1 it keeps members in their own components) or "resample"
+            (systematic resampling of the posterior components, then the
+            within-component draw: samples the mixture posterior,
+            :mod:`da.filters.kernel_transport`).
+        linearisation: kernel only: "ensemble" (one linearisation of H for every
+            component, as in the LETKF) or "centres" (each component's innovation
+            through the nonlinear H at its centre: a Gaussian-sum update).
+        ess_min: kernel only, with transport "resample": a bandwidth per local domain,
+            the smallest from ``bandwidth`` up to 1 whose posterior weights keep an
+            effective sample size >= ess_min * M (None: ``bandwidth`` everywhere).
         radius, distance: kernel only: localisation as for :class:`da.filters.LETKF`
             (None = global).
         domains_per_batch: kernel only: state components per batched local analysis.
@@ -104,6 +115,9 @@ class EnSF:
 
     score: Literal["kernel", "localised", "mixture", "paired"] = "kernel"
     bandwidth: float = 0.95
+    transport: Literal["flow", "resample"] = "flow"
+    linearisation: Literal["ensemble", "centres"] = "ensemble"
+    ess_min: float | None = None
     radius: float | None = None
     distance: Any = None
     domains_per_batch: int = 1024
@@ -135,6 +149,13 @@ class EnSF:
             raise ValueError("score='localised' needs taper= and does not run under parareal")
         if not 0.0 < self.bandwidth <= 1.0:
             raise ValueError(f"bandwidth must lie in (0, 1], got {self.bandwidth}")
+        if self.transport not in ("flow", "resample"):
+            raise ValueError(f"transport must be 'flow' or 'resample', got {self.transport!r}")
+        if self.linearisation not in ("ensemble", "centres"):
+            raise ValueError("linearisation must be 'ensemble' or 'centres', "
+                             f"got {self.linearisation!r}")
+        if self.ess_min is not None and not 0.0 < self.ess_min <= 1.0:
+            raise ValueError(f"ess_min must lie in (0, 1] or be None, got {self.ess_min}")
         if self.radius is not None and not self.radius > 0:
             raise ValueError(f"radius must be > 0 or None, got {self.radius}")
         if (self.radius is not None or self.sites is not None) and self.score != "kernel":
@@ -205,7 +226,11 @@ class EnSF:
         if self.score == "kernel":
             kernel = partial(kernel_analysis, bandwidth=self.bandwidth, steps=self.steps,
                              schedule=Schedule(), inflation=self.inflation, radius=self.radius,
-                             distance=self.distance, chunk=self.domains_per_batch)
+                             distance=self.distance, chunk=self.domains_per_batch,
+                             transport=self.transport, linearisation=self.linearisation,
+                             ess_min=self.ess_min,
+                             generator=generator if generator is not None or self.seed is None
+                             else torch.Generator().manual_seed(self.seed))
             if sharding(self.group):
                 return sharded_analysis(kernel, prior_ensemble, y, obs_operator,
                                         geometry=self.distance, radius=self.radius,

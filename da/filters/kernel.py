@@ -46,6 +46,13 @@ from typing import Any
 import torch
 
 from tfda.da._checks import check_ensemble, observation_mask
+from tfda.da.filters.kernel_transport import (
+    TRANSPORTS,
+    adaptive_posterior_mixture,
+    centre_posterior_mixture,
+    flow_transport,
+    resample_transport,
+)
 from tfda.da.filters.local import Sites, apply_site_transforms, local_statistics
 from tfda.da.gaussian_mixture import mixture_flow
 from tfda.da.protocols import ObservationOperator
@@ -102,6 +109,10 @@ def kernel_analysis(
     hx: torch.Tensor | None = None,
     offset: int = 0,
     sites: Sites | None = None,
+    transport: str = "flow",
+    linearisation: str = "ensemble",
+    generator: torch.Generator | None = None,
+    ess_min: float | None = None,
 ) -> torch.Tensor:
     """Posterior ensemble (M, *state_shape) of the localised kernel EnSF (module docstring).
 
@@ -125,9 +136,30 @@ def kernel_analysis(
         sites: where the taper depends only on position (a grid point shared by several
             variables): one local analysis per site, used by all of its components
             (:class:`da.filters.local.Sites`); not with ``offset``.
+        transport: "flow" (deterministic probability flow, one path per member) or
+            "resample" (a draw from the mixture posterior that honours its weights);
+            :mod:`da.filters.kernel_transport`.
+        linearisation: "ensemble" (H x ~ mean H(x) + Y u for every component, as in the
+            LETKF) or "centres" (each component's innovation y - H(its centre), the
+            nonlinear H evaluated at the M centres: a Gaussian-sum update,
+            :func:`da.filters.kernel_transport.centre_posterior_mixture`).
+        generator: random source of the "resample" transport.
+        ess_min: choose the bandwidth per domain, from ``bandwidth`` up to 1, as the
+            smallest whose posterior weights keep an effective sample size >= ess_min * M
+            (:func:`da.filters.kernel_transport.adaptive_posterior_mixture`); needs
+            transport "resample" and linearisation "ensemble". None: ``bandwidth``.
     """
     if sites is not None and offset:
         raise ValueError("sites= and a state shard (offset=) cannot be combined")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+    if linearisation not in ("ensemble", "centres"):
+        raise ValueError(f"linearisation must be 'ensemble' or 'centres', got {linearisation!r}")
+    if ess_min is not None and (transport != "resample" or linearisation != "ensemble"):
+        raise ValueError("ess_min (a bandwidth per domain) needs transport='resample' and "
+                         "linearisation='ensemble'")
+    if linearisation == "centres" and offset:
+        raise ValueError("linearisation='centres' needs the whole state (no offset=)")
     check_ensemble("prior_ensemble", prior)
     m, state_shape = prior.shape[0], tuple(prior.shape[1:])
     dtype, device = prior.dtype, prior.device
@@ -157,8 +189,17 @@ def kernel_analysis(
     eye = torch.eye(m, dtype=dtype, device=device)
     members = math.sqrt(m - 1) * (eye - 1.0 / m)  # row j = u_j
     centres = shrink * members
-    encoded = mixture_flow(members[None], flow_times(steps, forward=True), centres[None], h2,
-                           schedule)[0]  # (M, M): the members at t = 1
+    if transport == "flow":
+        encoded = mixture_flow(members[None], flow_times(steps, forward=True), centres[None],
+                               h2, schedule)[0]  # (M, M): the members at t = 1
+    else:
+        rand = torch.rand(1, generator=generator, dtype=dtype).to(device)[0]
+        perm = torch.randperm(m, generator=generator).to(device)
+    if linearisation == "centres":  # component j's innovation through the nonlinear H
+        with torch.no_grad():
+            hc = obs_operator((xmean[:, None] + xpert @ centres.T).T.reshape(m, *state_shape))
+        ypert = torch.cat([ypert, y_filled.flatten()[valid, None] - hc.reshape(m, -1)[:, valid].T],
+                          dim=1)
 
     blocks = local_statistics(ypert, innov, r_inv, xb.shape[1], radius=radius,
                               distance=distance, locations=locations, valid=valid,
@@ -168,10 +209,19 @@ def kernel_analysis(
     xa = torch.empty(xb.shape[1], m, dtype=dtype, device=device)
     backward = flow_times(steps, forward=False)
     for rows, big_g, g, dd in blocks:
-        q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd)
-        z = encoded.unsqueeze(0) @ q  # (D, M, M): the points in each domain's eigenbasis
-        z = mixture_flow(z, backward, means_a, var_a, schedule, log_w)
-        u_a = z @ q.transpose(1, 2)
+        if linearisation == "centres":
+            q, means_a, var_a, log_w = centre_posterior_mixture(centres, h2, big_g)
+        elif ess_min is not None:
+            q, means_a, var_a, log_w = adaptive_posterior_mixture(members, bandwidth, big_g, g,
+                                                                  dd, ess_min)
+        else:
+            q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd)
+        if transport == "flow":
+            u_a = flow_transport(encoded, q, means_a, var_a, log_w, times=backward,
+                                 schedule=schedule)
+        else:
+            u_a = resample_transport(members, q, means_a, var_a, log_w, offset=rand,
+                                     permutation=perm)
         if sites is None:
             xa[rows] = xmean[rows, None] + (u_a @ xpert[rows, :, None]).squeeze(-1)
         else:

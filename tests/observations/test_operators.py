@@ -80,3 +80,20 @@ def test_arctan_on_indices_and_from_callable():
         FromCallable(lambda z: z.sum(), 1.0)(x)
     with pytest.raises(TypeError):
         Identity("big")
+
+
+def test_absolute_on_every_second_component_with_locations_and_gradient():
+    from tfda.experiments.factories import make_operator
+    from tfda.observations.operators import Absolute
+
+    op = make_operator("abs", 0.5, state_size=6, stride=2)
+    assert isinstance(op, Absolute)
+    x = torch.tensor([[-1.5, 2.0, 0.3, -4.0, -0.2, 1.0]], dtype=torch.float64, requires_grad=True)
+    out = op(x)
+    assert torch.equal(out.detach(), torch.tensor([[1.5, 0.3, 0.2]], dtype=torch.float64))
+    assert op.locations.tolist() == [0.0, 2.0, 4.0]  # for localisation
+    out.sum().backward()  # d|x|/dx = sign(x) on the observed components, 0 elsewhere
+    assert x.grad.tolist() == [[-1.0, 0.0, 1.0, 0.0, -1.0, 0.0]]
+    assert float(op.error.std) == 0.5
+    full = make_operator("abs", 1.0, locations=[0.0, 1.0])
+    assert torch.equal(full(torch.tensor([[-1.0, 2.0]])), torch.tensor([[1.0, 2.0]]))
