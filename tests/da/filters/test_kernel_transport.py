@@ -18,7 +18,6 @@ from tfda.da.schedule import Schedule
 from tfda.observations.operators import FromCallable, Identity
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """float64 for these tests only (the default dtype is global: restore it)."""
