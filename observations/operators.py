@@ -128,13 +128,11 @@ class Subset:
         return f"Subset(n_obs={self.indices.numel()}, error={self.error!r})"
 
 
-class Arctan:
-    """H(x) = arctan(x), the nonlinear operator of the EnSF papers (Bao, Zhang &
-    Zhang 2023, Sec. 4.2), on every component or on ``indices`` of the flat state.
+class _Pointwise:
+    """H(x) = function(x) on every component or on ``indices`` of the flat state
+    (``locations``, one per observation, default to the flat indices observed)."""
 
-    Its Jacobian 1 / (1 + x^2) vanishes for large |x|, so observations say little
-    about the magnitude of large values: the hard case for linearising filters.
-    """
+    function: Any
 
     def __init__(
         self,
@@ -151,13 +149,24 @@ class Arctan:
         self.locations = _as_locations(locations)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.arctan(x if self._subset is None else self._subset(x))
+        return type(self).function(x if self._subset is None else self._subset(x))
 
     def __repr__(self) -> str:
-        return f"Arctan(error={self.error!r})"
+        return f"{type(self).__name__}(error={self.error!r})"
 
 
-class Absolute:
+class Arctan(_Pointwise):
+    """H(x) = arctan(x), the nonlinear operator of the EnSF papers (Bao, Zhang &
+    Zhang 2023, Sec. 4.2), on every component or on ``indices`` of the flat state.
+
+    Its Jacobian 1 / (1 + x^2) vanishes for large |x|, so observations say little
+    about the magnitude of large values: the hard case for linearising filters.
+    """
+
+    function = staticmethod(torch.arctan)
+
+
+class Absolute(_Pointwise):
     """H(x) = |x| on every component or on ``indices`` of the flat state: a
     sign-ambiguous observation (issue 23's non-Gaussian twin).
 
@@ -168,25 +177,7 @@ class Absolute:
     ``locations`` (one per observation) default to the flat indices observed.
     """
 
-    def __init__(
-        self,
-        error: ErrorLike,
-        *,
-        indices: torch.Tensor | list[int] | None = None,
-        locations: Any = None,
-    ) -> None:
-        self.error = as_error(error)
-        self._subset = None
-        if indices is not None:
-            self._subset = Subset(self.error, indices=indices, locations=locations)
-            locations = self._subset.locations
-        self.locations = _as_locations(locations)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.abs(x if self._subset is None else self._subset(x))
-
-    def __repr__(self) -> str:
-        return f"Absolute(error={self.error!r})"
+    function = staticmethod(torch.abs)
 
 
 class FromCallable:

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from tfda.da._checks import check_ensemble, observation_mask
+from tfda.da._checks import check_ensemble
 from tfda.da.filters.kernel_transport import (
     TRANSPORTS,
     adaptive_posterior_mixture,
@@ -53,7 +53,12 @@ from tfda.da.filters.kernel_transport import (
     flow_transport,
     resample_transport,
 )
-from tfda.da.filters.local import Sites, apply_site_transforms, local_statistics
+from tfda.da.filters.local import (
+    Sites,
+    apply_site_transforms,
+    local_statistics,
+    prepare_observations,
+)
 from tfda.da.gaussian_mixture import mixture_flow
 from tfda.da.protocols import ObservationOperator
 from tfda.da.schedule import Schedule
@@ -163,18 +168,8 @@ def kernel_analysis(
     check_ensemble("prior_ensemble", prior)
     m, state_shape = prior.shape[0], tuple(prior.shape[1:])
     dtype, device = prior.dtype, prior.device
-    if hx is None:
-        with torch.no_grad():
-            hx = obs_operator(prior)
-    y = torch.as_tensor(y, dtype=dtype, device=device)
-    std = torch.as_tensor(obs_operator.error.std, dtype=dtype, device=device)
-    y_filled, valid = observation_mask(y, hx, std)
-    valid = valid.flatten()
-    r_inv = (1.0 / std.square()).expand(y.shape).flatten()[valid]
-    locations = getattr(obs_operator, "locations", None)
-    if (radius is not None and (sites is None or sites.obs_site is None)
-            and locations is None and not isinstance(distance, torch.Tensor)):
-        raise ValueError("localisation needs obs_operator.locations (or a distance matrix)")
+    hx, y_filled, valid, r_inv, locations = prepare_observations(
+        prior, y, obs_operator, hx=hx, radius=radius, distance=distance, sites=sites)
 
     scale = math.sqrt(inflation / (m - 1))
     xb = prior.reshape(m, -1)

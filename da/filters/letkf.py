@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from tfda.da._checks import check_ensemble, check_fields, observation_mask
+from tfda.da._checks import check_ensemble, check_fields
 from tfda.da.filters.halo import check_shardable, sharded_analysis, sharding
 from tfda.da.filters.local import (
     Sites,
@@ -44,6 +44,7 @@ from tfda.da.filters.local import (
     grid_distance,
     local_statistics,
     periodic_distance,
+    prepare_observations,
 )
 from tfda.da.protocols import ObservationOperator
 
@@ -133,18 +134,8 @@ def letkf_analysis(
     check_ensemble("prior_ensemble", prior_ensemble)
     m, state_shape = prior_ensemble.shape[0], tuple(prior_ensemble.shape[1:])
     dtype = prior_ensemble.dtype
-    if hx is None:
-        with torch.no_grad():
-            hx = obs_operator(prior_ensemble)
-    y = torch.as_tensor(y, dtype=dtype, device=prior_ensemble.device)
-    std = torch.as_tensor(obs_operator.error.std, dtype=dtype, device=y.device)
-    _, valid = observation_mask(y, hx, std)
-    valid = valid.flatten()
-    r_inv = (1.0 / std.square()).expand(y.shape).flatten()[valid]
-    locations = getattr(obs_operator, "locations", None)
-    if (radius is not None and (sites is None or sites.obs_site is None)
-            and locations is None and not isinstance(distance, torch.Tensor)):
-        raise ValueError("localisation needs obs_operator.locations (or a distance matrix)")
+    hx, y, valid, r_inv, locations = prepare_observations(
+        prior_ensemble, y, obs_operator, hx=hx, radius=radius, distance=distance, sites=sites)
 
     xb = prior_ensemble.reshape(m, -1)
     xmean = xb.mean(0)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from tfda.da._checks import observation_mask
 from tfda.da.filters.neighbours import (
     Geometry,
     GridDistance,
@@ -40,7 +41,8 @@ from tfda.geo import great_circle_km as great_circle_distance
 
 __all__ = ["DistanceFn", "Geometry", "GridDistance", "RingDistance", "Sites",
            "apply_site_transforms", "gaspari_cohn", "great_circle_distance", "grid_distance",
-           "grid_sites", "local_statistics", "localisation_weights", "periodic_distance"]
+           "grid_sites", "local_statistics", "localisation_weights", "periodic_distance",
+           "prepare_observations"]
 
 DistanceFn = Callable[[torch.Tensor, Any], torch.Tensor]
 _GC_SCALE = math.sqrt(10.0 / 3.0)
@@ -251,6 +253,28 @@ def _neighbour_statistics(source: _Sources, m: int, n_state: int, *, radius: flo
         stats = torch.bmm(w, source.stats(cand))
         keep = rows >= 0
         yield rows[keep], *_split(stats[keep], m)
+
+
+def prepare_observations(
+    prior: torch.Tensor, y: torch.Tensor, obs_operator: Any, *, hx: torch.Tensor | None,
+    radius: float | None, distance: Any, sites: Sites | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """What every local analysis reads of the observations: (H(x) (M, *obs), y with NaN
+    filled, the (p_all,) mask of used observations, their precisions 1 / r_o, their
+    locations); checked (shapes, errors, NaN: :func:`da._checks.observation_mask`)."""
+    if hx is None:
+        with torch.no_grad():
+            hx = obs_operator(prior)
+    y = torch.as_tensor(y, dtype=prior.dtype, device=prior.device)
+    std = torch.as_tensor(obs_operator.error.std, dtype=prior.dtype, device=prior.device)
+    y_filled, valid = observation_mask(y, hx, std)
+    valid = valid.flatten()
+    r_inv = (1.0 / std.square()).expand(y.shape).flatten()[valid]
+    locations = getattr(obs_operator, "locations", None)
+    if (radius is not None and (sites is None or sites.obs_site is None)
+            and locations is None and not isinstance(distance, torch.Tensor)):
+        raise ValueError("localisation needs obs_operator.locations (or a distance matrix)")
+    return hx, y_filled, valid, r_inv, locations
 
 
 def apply_site_transforms(xmean: torch.Tensor, xpert: torch.Tensor, transforms: torch.Tensor,
