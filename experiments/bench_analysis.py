@@ -44,6 +44,7 @@ from tfda.da.filters.local import _GC_SCALE, grid_distance, grid_sites, periodic
 from tfda.da.filters.neighbours import Geometry
 from tfda.experiments._errors import ArgumentParser, UserError, command, description
 from tfda.experiments.config import parse_device
+from tfda.experiments.resources import check_memory, ensemble_bytes
 from tfda.observations.operators import Arctan, Subset
 
 FCN_SHAPE = (20, 721, 1440)
@@ -141,9 +142,10 @@ def run_case(problem: str, size: int, name: str, args: argparse.Namespace) -> tu
            name, "--members", str(args.members), "--device", args.device, "--dtype",
            args.dtype, "--threads", str(args.threads), "--radius-km", str(args.radius_km)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"case {problem} {size} {name} failed: "
-                           f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    if done.returncode != 0:  # the child's own one-line error (exit 2: a user error)
+        why = (done.stderr.strip().splitlines() or ["?"])[-1]
+        error = UserError if done.returncode == 2 else RuntimeError
+        raise error(f"case {problem} {size} {name} failed: {why}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     case = Case(row["problem"], name, row["nx"], row["n_obs"], row["input_bytes"],
                 row["neighbours"], lambda: torch.empty(0))
@@ -219,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--radius-km must be finite and > 0, got {args.radius_km}")
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
+    itemsize = 4 if args.dtype == "float32" else 8
+    for nx in sizes:  # the forecast, its perturbations and the analysis at least
+        check_memory("--nx", ensemble_bytes(args.members, nx, 3.0, itemsize),
+                     f"{args.members} members of {nx:,} variables")
+    if args.fcn_stride is not None:
+        check_memory("--fcn-stride", ensemble_bytes(args.members, math.prod(FCN_SHAPE), 3.0, 4),
+                     "the FourCastNet-size ensemble")
     torch.set_num_threads(args.threads)
     device = parse_device(args.device)
     if args.one is not None:

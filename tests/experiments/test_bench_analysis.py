@@ -23,7 +23,8 @@ def test_table_rows_and_exponent(capsys):
 
 @pytest.mark.parametrize("argv,named", [(["--nx", "1.5"], "--nx"), (["--nx", "1e3", "x"], "--nx"),
                                         (["--fcn-stride", "0"], "--fcn-stride"),
-                                        (["--members", "1"], "--members")])
+                                        (["--members", "1"], "--members"),
+                                        (["--nx", "1e13"], "--nx")])
 def test_bad_sizes_are_one_line(argv, named, capsys):
     assert bench_analysis.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
