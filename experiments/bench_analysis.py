@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tfda.da.filters import LETKF, EnSF
-from tfda.da.filters.local import _GC_SCALE, grid_distance, grid_sites, periodic_distance
+from tfda.da.filters.local import grid_distance, grid_sites, periodic_distance, taper_support
 from tfda.da.filters.neighbours import Geometry
 from tfda.experiments._errors import ArgumentParser, UserError, command, description
 from tfda.experiments.config import parse_device
@@ -70,7 +70,7 @@ def mean_neighbours(geometry: Geometry, domains: torch.Tensor, sources: torch.Te
 
     pick = torch.linspace(0, len(domains) - 1, min(sample, len(domains))).long()
     tree = cKDTree(geometry.embed(sources))
-    chord = geometry.chord(2.0 * radius * _GC_SCALE)
+    chord = geometry.chord(taper_support(radius))
     return float(np.mean(tree.query_ball_point(geometry.embed(domains[pick]), chord,
                                                return_length=True)))
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tfda.da.filters.local import _GC_SCALE, Sites
-from tfda.da.filters.neighbours import _MARGIN, Geometry
+from tfda.da.filters.local import Sites, taper_support
+from tfda.da.filters.neighbours import Geometry, reach
 from tfda.da.sharding import ShardLayout
 
 
@@ -68,8 +68,8 @@ def plan_halo(geometry: Geometry, domains: torch.Tensor, obs_positions: torch.Te
     mine = layout.slice(rank)
     # the observations within 2c of some domain of the slab (the chord grows with the
     # distance, so a nearest-neighbour query within the chord of 2c finds exactly them)
-    reach = geometry.chord(2.0 * radius * _GC_SCALE) * (1.0 + _MARGIN) + _MARGIN
-    gap = cKDTree(geometry.embed(domains[mine])).query(points, distance_upper_bound=reach)[0]
+    within = reach(geometry, taper_support(radius))
+    gap = cKDTree(geometry.embed(domains[mine])).query(points, distance_upper_bound=within)[0]
     needed = torch.as_tensor(np.flatnonzero(np.isfinite(gap)), dtype=torch.long)
     return Halo(mine, needed, torch.as_tensor(owner, dtype=torch.long))
 

@@ -42,11 +42,16 @@ from tfda.geo import great_circle_km as great_circle_distance
 __all__ = ["DistanceFn", "Geometry", "GridDistance", "RingDistance", "Sites",
            "apply_site_transforms", "gaspari_cohn", "great_circle_distance", "grid_distance",
            "grid_sites", "local_statistics", "localisation_weights", "periodic_distance",
-           "prepare_observations"]
+           "prepare_observations", "taper_support"]
 
 DistanceFn = Callable[[torch.Tensor, Any], torch.Tensor]
 _GC_SCALE = math.sqrt(10.0 / 3.0)
 _BLOCK = 32  # domains per spatial block: the candidates of 32 neighbours overlap well
+
+
+def taper_support(radius: float) -> float:
+    """2c, the distance beyond which the Gaspari-Cohn taper of ``radius`` is zero."""
+    return 2.0 * radius * _GC_SCALE
 
 
 def gaspari_cohn(r: torch.Tensor) -> torch.Tensor:
@@ -240,7 +245,7 @@ def _neighbour_statistics(source: _Sources, m: int, n_state: int, *, radius: flo
     else:
         domains = torch.as_tensor(sites.locations, dtype=torch.float64)[: sites.n_domains]
     positions = torch.as_tensor(source.positions, dtype=torch.float64)[source.valid.cpu()]
-    cutoff = 2.0 * radius * _GC_SCALE
+    cutoff = taper_support(radius)
     blocks = site_blocks(geometry, domains, positions, cutoff, size=_BLOCK)
     domains, positions = domains.to(device), positions.to(device)
     budget = element_budget(device, dtype)

@@ -130,6 +130,12 @@ class GridDistance:
         return self.between(self.positions(state_index)[:, None], loc[None, :])
 
 
+def reach(geometry: Geometry, distance: float, extra: float = 0.0) -> float:
+    """The embedded radius that holds every position within ``distance`` (plus ``extra``
+    embedded units), enlarged so that round-off never drops a neighbour."""
+    return (extra + geometry.chord(distance)) * (1.0 + _MARGIN) + _MARGIN
+
+
 def compact_blocks(points: np.ndarray, size: int) -> np.ndarray:
     """Site indices (n_blocks, size), -1 padded: ``points`` (n, k) cut by recursive
     bisection along the widest axis of each piece (a k-d partition, all pieces of a level
@@ -198,8 +204,9 @@ class Blocks:
         col = torch.arange(width)
         take = first[:, None] + col[None, :]
         valid = col[None, :] < count[:, None]
-        cand = torch.where(valid, self.flat[take.clamp_max(max(len(self.flat) - 1, 0))]
-                           if len(self.flat) else torch.zeros_like(take), -1)
+        if not len(self.flat):  # no source anywhere near these blocks
+            return self.sites[run], torch.full_like(take, -1)
+        cand = torch.where(valid, self.flat[take.clamp_max(len(self.flat) - 1)], -1)
         return self.sites[run], cand
 
 
@@ -216,8 +223,8 @@ def site_blocks(geometry: Geometry, site_positions: torch.Tensor,
     pts = sites[np.maximum(padded, 0)]
     mask = (padded >= 0)[..., None]
     centre = (pts * mask).sum(1) / mask.sum(1)
-    reach = np.sqrt((((pts - centre[:, None]) ** 2).sum(-1) * mask[..., 0]).max(1))
-    radius = (reach + geometry.chord(cutoff)) * (1.0 + _MARGIN) + _MARGIN
+    spread = np.sqrt((((pts - centre[:, None]) ** 2).sum(-1) * mask[..., 0]).max(1))
+    radius = reach(geometry, cutoff, spread)
     found = cKDTree(sources).query_ball_point(centre, radius, return_sorted=True)
     count = np.fromiter((len(f) for f in found), dtype=np.int64, count=n_blocks)
     by_count = np.argsort(count, kind="stable")
