@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from tfda.da._checks import check_ensemble
+from tfda.da.batched import matmul
 from tfda.da.filters.kernel_transport import (
     TRANSPORTS,
     adaptive_posterior_mixture,
@@ -71,26 +72,45 @@ def flow_times(steps: int, *, forward: bool) -> list[float]:
     return times if forward else times[::-1]
 
 
+def centred_basis(m: int, *, dtype: torch.dtype, device: torch.device | str | None = None
+                  ) -> torch.Tensor:
+    """An orthonormal basis (M, M - 1) of the vectors whose entries sum to zero."""
+    centring = torch.eye(m, dtype=torch.float64) - 1.0 / m
+    return torch.linalg.qr(centring[:, : m - 1]).Q.to(dtype=dtype, device=device)
+
+
 def posterior_mixture(
-    centres: torch.Tensor, h2: float, big_g: torch.Tensor, g: torch.Tensor, dd: torch.Tensor
+    centres: torch.Tensor, h2: float, big_g: torch.Tensor, g: torch.Tensor, dd: torch.Tensor,
+    *, basis: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The posterior of the kernel prior sum_j N(c_j, h^2 I) / M under y = d ~ N(Y u, R),
     in the eigenbasis Q of G = Y^T R^{-1} Y (module docstring).
 
     Args:
-        centres: prior component means c_j = s u_j, (M, K).
+        centres: prior component means c_j = s u_j, (M, M).
         h2: the components' variance h^2.
-        big_g: G, (D, K, K); g: Y^T R^{-1} d, (D, K); dd: d^T R^{-1} d, (D,).
+        big_g: G, (D, M, M); g: Y^T R^{-1} d, (D, M); dd: d^T R^{-1} d, (D,).
+        basis: an orthonormal basis (M, K) of a subspace that holds the centres and g
+            and that G maps into itself; None: all of R^M (K = M). The analysis passes
+            :func:`centred_basis`: the members' coordinates, the centres and g sum to
+            zero over the members (so do the perturbations), G maps the vector of ones
+            to 0, and the posterior differs from the prior only in its complement,
+            where the eigenbasis, the flow and its products are one dimension smaller
+            (the same analysis up to round-off).
 
     Returns:
-        Q (D, K, K), posterior means Q^T m_j^a (D, M, K), the shared posterior
+        Q (D, M, K), posterior means Q^T m_j^a (D, M, K), the shared posterior
         variances (eigenvalues of C_a, (D, K)) and unnormalised log weights (D, M).
     """
-    gamma, q = torch.linalg.eigh(big_g)
+    if basis is None:
+        gamma, q = torch.linalg.eigh(big_g)
+    else:
+        gamma, q = torch.linalg.eigh(matmul(basis.T, matmul(big_g, basis)))
+        q = matmul(basis, q)  # (D, M, K)
     gamma = gamma.clamp_min(0.0)  # G is positive semi-definite; eigh may round below 0
     var_a = h2 / (1.0 + h2 * gamma)
-    c_rot = centres @ q  # (D, M, K): row j = Q^T c_j
-    g_rot = (g.unsqueeze(1) @ q).squeeze(1)
+    c_rot = matmul(centres, q)  # (D, M, K): row j = Q^T c_j
+    g_rot = matmul(g.unsqueeze(1), q).squeeze(1)
     means_a = (c_rot + h2 * g_rot.unsqueeze(1)) / (1.0 + h2 * gamma).unsqueeze(1)
     resid = g_rot.unsqueeze(1) - gamma.unsqueeze(1) * c_rot  # b_j = g - G c_j, rotated
     log_w = -0.5 * (dd.unsqueeze(1) - 2.0 * (c_rot * g_rot.unsqueeze(1)).sum(-1)
@@ -203,6 +223,7 @@ def kernel_analysis(
         site_weights = torch.empty(sites.n_domains, m, m, dtype=dtype, device=device)
     xa = torch.empty(xb.shape[1], m, dtype=dtype, device=device)
     backward = flow_times(steps, forward=False)
+    complement = centred_basis(m, dtype=dtype, device=device)
     for rows, big_g, g, dd in blocks:
         if linearisation == "centres":
             q, means_a, var_a, log_w = centre_posterior_mixture(centres, h2, big_g)
@@ -210,7 +231,8 @@ def kernel_analysis(
             q, means_a, var_a, log_w = adaptive_posterior_mixture(members, bandwidth, big_g, g,
                                                                   dd, ess_min)
         else:
-            q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd)
+            q, means_a, var_a, log_w = posterior_mixture(centres, h2, big_g, g, dd,
+                                                         basis=complement)
         if transport == "flow":
             u_a = flow_transport(encoded, q, means_a, var_a, log_w, times=backward,
                                  schedule=schedule)
@@ -218,7 +240,7 @@ def kernel_analysis(
             u_a = resample_transport(members, q, means_a, var_a, log_w, offset=rand,
                                      permutation=perm)
         if sites is None:
-            xa[rows] = xmean[rows, None] + (u_a @ xpert[rows, :, None]).squeeze(-1)
+            xa[rows] = xmean[rows, None] + matmul(u_a, xpert[rows, :, None]).squeeze(-1)
         else:
             site_weights[rows] = u_a
     if sites is not None:  # every component takes its site's transported members

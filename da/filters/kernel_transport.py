@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from tfda.da.batched import matmul
 from tfda.da.gaussian_mixture import mixture_flow
 from tfda.da.schedule import Schedule
 
@@ -50,13 +51,14 @@ def flow_transport(
 
     Args:
         encoded: the members carried to t = 1 by the prior's flow, (M, K).
-        q: each domain's eigenbasis (D, K, K); means_a (D, M, K), var_a (D, K),
+        q: each domain's eigenbasis (D, M, K), K = M - 1 or M; means_a (D, M, K),
+            var_a (D, K),
             log_w (D, M): the posterior mixture in that basis.
         times: decreasing flow times from 1 to 0; schedule: alpha_t, beta_t^2.
     """
-    z = encoded.unsqueeze(0) @ q
+    z = matmul(encoded.unsqueeze(0), q)
     z = mixture_flow(z, times, means_a, var_a, schedule, log_w)
-    return z @ q.transpose(1, 2)
+    return matmul(z, q.transpose(1, 2))
 
 
 def centre_posterior_mixture(
@@ -173,7 +175,7 @@ def resample_transport(
     Args:
         members: the members' ensemble coordinates u_j, (M, K).
         q, means_a, var_a, log_w: the posterior mixture per domain, as in
-            :func:`flow_transport`.
+            :func:`flow_transport` (K = M or M - 1).
         offset: scalar in [0, 1), the systematic-resampling offset shared by all domains.
         permutation: (M,) the member whose coordinates are member i's within-component
             noise, shared by all domains.

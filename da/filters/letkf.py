@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from tfda.da._checks import check_ensemble, check_fields
+from tfda.da.batched import matmul
 from tfda.da.filters.halo import check_shardable, sharded_analysis, sharding
 from tfda.da.filters.local import (
     Sites,
@@ -156,14 +157,14 @@ def letkf_analysis(
         a = (m - 1) / inflation * eye + c
         lam, q = torch.linalg.eigh(a)
         qt = q.transpose(1, 2)
-        wa = q @ ((qt @ b[:, :, None]) / lam[:, :, None])  # A^{-1} b, (chunk, M, 1)
-        wroot = q @ (((m - 1) / lam).sqrt()[:, :, None] * qt)  # [(M-1) A^{-1}]^{1/2}
+        wa = matmul(q, matmul(qt, b[:, :, None]) / lam[:, :, None])  # A^{-1} b, (chunk, M, 1)
+        wroot = matmul(q, ((m - 1) / lam).sqrt()[:, :, None] * qt)  # [(M-1) A^{-1}]^{1/2}
         if sites is not None:  # member j of the site: wa + W_a[:, j]
             transforms[rows] = (wa + wroot).transpose(1, 2)
             continue
         xr = xpert[rows, None, :]  # (chunk, 1, M)
-        increment[rows] = (xr @ wa).reshape(-1)
-        xa_pert[rows] = (xr @ wroot).squeeze(1)
+        increment[rows] = matmul(xr, wa).reshape(-1)
+        xa_pert[rows] = matmul(xr, wroot).squeeze(1)
     if sites is not None:
         xa = apply_site_transforms(xmean, xpert, transforms, sites.state_site)
         increment = xa.mean(1)  # W_a 1 = 1, so the members' mean is xbar + X w_a

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from tfda.da._checks import observation_mask
+from tfda.da.batched import matmul
 from tfda.da.filters.neighbours import (
     Geometry,
     GridDistance,
@@ -255,7 +256,7 @@ def _neighbour_statistics(source: _Sources, m: int, n_state: int, *, radius: flo
                              positions[cand.clamp_min(0)][:, None, :])
         w = gaspari_cohn(d / (radius * _GC_SCALE)).to(dtype) * (rows >= 0)[..., None]
         w = w * source.precision(cand)[:, None, :]
-        stats = torch.bmm(w, source.stats(cand))
+        stats = matmul(w, source.stats(cand))
         keep = rows >= 0
         yield rows[keep], *_split(stats[keep], m)
 
@@ -296,14 +297,14 @@ def apply_site_transforms(xmean: torch.Tensor, xpert: torch.Tensor, transforms: 
     if n % n_sites == 0 and torch.equal(
             state_site, torch.arange(n, device=xpert.device) % n_sites):
         columns = xpert.reshape(n // n_sites, n_sites, m).permute(1, 2, 0)  # (site, M, var)
-        xa = (transforms @ columns).permute(2, 0, 1).reshape(n, m)
+        xa = matmul(transforms, columns).permute(2, 0, 1).reshape(n, m)
         return xa.add_(xmean[:, None])
     xa = torch.empty_like(xpert)
     step = max(element_budget(xpert.device, xpert.dtype) // (m * m), 1)
     for start in range(0, n, step):
         part = slice(start, start + step)
         t = transforms[state_site[part]]
-        xa[part] = xmean[part, None] + (t @ xpert[part, :, None]).squeeze(-1)
+        xa[part] = xmean[part, None] + matmul(t, xpert[part, :, None]).squeeze(-1)
     return xa
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tfda.da.filters import LETKF, EnSF, grid_distance, periodic_distance
-from tfda.da.filters.kernel import kernel_analysis, posterior_mixture
+from tfda.da.filters.kernel import centred_basis, kernel_analysis, posterior_mixture
 from tfda.da.filters.local import grid_sites
 from tfda.da.schedule import Schedule
 from tfda.observations.operators import Arctan, Identity
@@ -42,6 +42,31 @@ def test_posterior_mixture_matches_dense_bayes():
     torch.testing.assert_close(means_a[0] @ q[0].T, ref_means, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(q[0] @ torch.diag(var_a[0]) @ q[0].T, ref_cov, rtol=1e-10,
                                atol=1e-10)
+    torch.testing.assert_close(torch.log_softmax(log_w[0], 0), ref_logw, rtol=1e-10, atol=1e-10)
+
+
+def test_posterior_in_the_centred_complement_matches_dense_bayes():
+    """With centred perturbations and centres (as in every analysis) the posterior found
+    in the (M - 1)-dimensional complement of the ones vector is the dense one."""
+    g = torch.Generator().manual_seed(1)
+    m, p = 6, 9
+    ypert = torch.randn(p, m, generator=g, dtype=F64)
+    ypert = ypert - ypert.mean(1, keepdim=True)
+    r = torch.rand(p, generator=g, dtype=F64) + 0.2
+    d = torch.randn(p, generator=g, dtype=F64)
+    centres = 0.5 * math.sqrt(m - 1) * (torch.eye(m, dtype=F64) - 1.0 / m)
+    basis = centred_basis(m, dtype=F64)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(m - 1, dtype=F64))
+    torch.testing.assert_close(basis.sum(0), torch.zeros(m - 1, dtype=F64), atol=1e-14, rtol=0)
+    q, means_a, var_a, log_w = posterior_mixture(
+        centres, 0.75, (ypert.T / r @ ypert)[None], (ypert.T @ (d / r))[None],
+        (d * d / r).sum()[None], basis=basis)
+    assert q.shape == (1, m, m - 1) and means_a.shape == (1, m, m - 1)
+    ref_means, ref_cov, ref_logw = _dense_posterior(centres, 0.75, ypert, r, d)
+    torch.testing.assert_close(means_a[0] @ q[0].T, ref_means, rtol=1e-10, atol=1e-10)
+    ones = torch.full((m, m), 1.0 / m, dtype=F64)  # the ones direction keeps variance h^2
+    torch.testing.assert_close(q[0] @ torch.diag(var_a[0]) @ q[0].T + 0.75 * ones, ref_cov,
+                               rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(torch.log_softmax(log_w[0], 0), ref_logw, rtol=1e-10, atol=1e-10)
 
 
