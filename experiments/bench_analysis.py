@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -141,7 +142,11 @@ def run_case(problem: str, size: int, name: str, args: argparse.Namespace) -> tu
     cmd = [sys.executable, "-m", "tfda.experiments.bench_analysis", "--one", problem, str(size),
            name, "--members", str(args.members), "--device", args.device, "--dtype",
            args.dtype, "--threads", str(args.threads), "--radius-km", str(args.radius_km)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # numpy's OpenBLAS (the small batched products, da.batched) reads its thread count
+    # when it loads: the child gets the same count as torch
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:  # the child's own one-line error (exit 2: a user error)
         why = (done.stderr.strip().splitlines() or ["?"])[-1]
         error = UserError if done.returncode == 2 else RuntimeError

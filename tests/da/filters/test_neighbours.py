@@ -76,7 +76,8 @@ def test_candidates_of_a_block_hold_every_source_within_the_cutoff(geometry):
     near = geo.between(sites[:, None], sources[None]) < cutoff
     for b in range(len(blocks)):
         rows = blocks.sites[b][blocks.sites[b] >= 0]
-        cand = set(blocks.flat[blocks.offsets[b]:blocks.offsets[b + 1]].tolist())
+        cand = set(blocks.candidates(b).tolist())
+        assert len(cand) == int(blocks.count[b])
         needed = set(torch.nonzero(near[rows].any(0)).flatten().tolist())
         assert needed <= cand
 
