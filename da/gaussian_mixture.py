@@ -111,7 +111,8 @@ def _centre_terms(
     bias = (-0.5 * alpha * alpha) * (scaled * means).sum(-1)
     if log_weights is not None:
         bias = bias + _LOG2E * log_weights
-    return alpha, (alpha * scaled).transpose(1, 2), bias.unsqueeze(1)
+    # contiguous (B, K, M): numpy's stacked product takes twice as long from a transposed view
+    return alpha, (alpha * scaled).transpose(1, 2).contiguous(), bias.unsqueeze(1)
 
 
 def _with_ones(means: torch.Tensor) -> torch.Tensor:

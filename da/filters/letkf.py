@@ -156,7 +156,7 @@ def letkf_analysis(
     for rows, c, b, _ in blocks:
         a = (m - 1) / inflation * eye + c
         lam, q = torch.linalg.eigh(a)
-        qt = q.transpose(1, 2)
+        qt = q.transpose(1, 2).contiguous()
         wa = matmul(q, matmul(qt, b[:, :, None]) / lam[:, :, None])  # A^{-1} b, (chunk, M, 1)
         wroot = matmul(q, ((m - 1) / lam).sqrt()[:, :, None] * qt)  # [(M-1) A^{-1}]^{1/2}
         if sites is not None:  # member j of the site: wa + W_a[:, j]
