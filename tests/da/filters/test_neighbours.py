@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tfda.da.filters import LETKF, EnSF, grid_distance, periodic_distance
+from tfda.da.filters import local
 from tfda.da.filters.local import Sites, grid_sites
 from tfda.da.filters.neighbours import GridDistance, RingDistance, compact_blocks, site_blocks
 from tfda.geo import great_circle_km
@@ -114,7 +115,14 @@ def test_ring_analyses_equal_the_dense_path():
     assert _close(fast, dense) <= 1e-10
 
 
-def test_grid_analyses_equal_the_dense_path_with_sites_and_stations():
+@pytest.fixture(params=[False, True], ids=["whole", "pieces"])
+def taper_pieces(request, monkeypatch):
+    """Also run with the CPU's taper temporaries cut to one block each (the piece loop)."""
+    if request.param:
+        monkeypatch.setattr(local, "_CPU_PIECE", 1)
+
+
+def test_grid_analyses_equal_the_dense_path_with_sites_and_stations(taper_pieces):
     g = torch.Generator().manual_seed(4)
     lat = torch.linspace(75, -75, 11, dtype=F64)
     lon = torch.arange(0, 360, 15, dtype=F64)
