@@ -272,7 +272,8 @@ def _local_sums(source: _Sources, geometry: Geometry, radius: float, domains: to
     """sum_o rho(domain, o) / r_o [moments of o] over the candidates of blocks of domains:
     (blocks, size, M^2 + M + 1); ``cand`` (blocks, width), -1 padded."""
     d = geometry.between(domains[:, :, None], positions[cand.clamp_min(0)][:, None, :])
-    w = gaspari_cohn(d / (radius * _GC_SCALE)).to(dtype) * source.precision(cand)[:, None, :]
+    # the taper in the analysis' dtype (distances in float64: nearby points stay exact)
+    w = gaspari_cohn((d / (radius * _GC_SCALE)).to(dtype)) * source.precision(cand)[:, None, :]
     return matmul(w, source.stats(cand))
 
 
