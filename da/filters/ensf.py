@@ -37,6 +37,7 @@ from tfda.da import sampler as _sampler
 from tfda.da._checks import check_ensemble, check_fields, observation_mask
 from tfda.da.devices import randn
 from tfda.da.filters.halo import check_shardable, sharded_analysis, sharding
+from tfda.da.filters.inflation import check_adaptive_inflation, innovation_inflation
 from tfda.da.filters.kernel import kernel_analysis
 from tfda.da.localised_score import localised_mixture_score
 from tfda.da.protocols import ObservationOperator
@@ -99,7 +100,13 @@ class EnSF:
         standardise: sample in per-component standardised coordinates
             ((x - mean) / std of the prior) and map back (Bao et al. 2404.00844).
         score_clip: clip each component of the likelihood score to +-score_clip.
-        inflation: multiplicative inflation of the prior perturbations.
+        inflation: multiplicative inflation of the prior perturbations (kernel: of the
+            covariance, as the LETKF's; mixture, paired, localised: of the perturbations).
+        adaptive_inflation: kernel only: lambda_max >= 1 of an innovation-driven
+            inflation (None: off): each analysis multiplies the covariance further by
+            lambda^2 = (d^T R^-1 d - p) / tr(R^-1 Y Y^T) clipped to [1, lambda_max]
+            (Desroziers et al. 2005; Li, Kalnay & Miyoshi 2009;
+            :mod:`da.filters.inflation`), the LETKF's estimate; not with ``group``.
         minibatch, chunk_size: passed to mixture_score.
         seed: seeds a fresh generator per call when none is given to analysis().
         progress: tqdm bar over the sampler steps.
@@ -132,6 +139,7 @@ class EnSF:
     standardise: bool = False
     score_clip: float | None = None
     inflation: float = 1.0
+    adaptive_inflation: float | None = None
     minibatch: int | None = None
     chunk_size: int | None | Literal["auto"] = "auto"
     seed: int | None = None
@@ -177,6 +185,11 @@ class EnSF:
             raise ValueError(f"score_clip must be > 0 or None, got {self.score_clip}")
         if not self.inflation >= 1.0:
             raise ValueError(f"inflation must be >= 1, got {self.inflation}")
+        check_adaptive_inflation(self.adaptive_inflation)
+        if self.adaptive_inflation is not None and (self.score != "kernel"
+                                                    or self.group is not None):
+            raise ValueError("adaptive_inflation applies to score='kernel' without group=, "
+                             f"got score={self.score!r}, group={self.group!r}")
         if self.group is not None and self.score != "kernel":
             raise ValueError(f"group= shards the kernel analysis, not score={self.score!r}")
         check_shardable(self.group, self.radius, self.distance)
@@ -224,8 +237,14 @@ class EnSF:
                 one seeded with ``seed`` (or torch's global generator if seed is None).
         """
         if self.score == "kernel":
+            inflation, hx = self.inflation, None
+            if self.adaptive_inflation is not None:
+                lam2, hx = innovation_inflation(prior_ensemble, y, obs_operator,
+                                                inflation=self.inflation,
+                                                maximum=self.adaptive_inflation)
+                inflation = self.inflation * lam2
             kernel = partial(kernel_analysis, bandwidth=self.bandwidth, steps=self.steps,
-                             schedule=Schedule(), inflation=self.inflation, radius=self.radius,
+                             schedule=Schedule(), inflation=inflation, radius=self.radius,
                              distance=self.distance, chunk=self.domains_per_batch,
                              transport=self.transport, linearisation=self.linearisation,
                              ess_min=self.ess_min,
@@ -235,6 +254,8 @@ class EnSF:
                 return sharded_analysis(kernel, prior_ensemble, y, obs_operator,
                                         geometry=self.distance, radius=self.radius,
                                         sites=self.sites, group=self.group)
+            if hx is not None:
+                return kernel(prior_ensemble, y, obs_operator, sites=self.sites, hx=hx)
             return kernel(prior_ensemble, y, obs_operator, sites=self.sites)
         check_ensemble("prior_ensemble", prior_ensemble)
         x0 = prior_ensemble

@@ -37,6 +37,7 @@ import torch
 from tfda.da._checks import check_ensemble, check_fields
 from tfda.da.batched import matmul
 from tfda.da.filters.halo import check_shardable, sharded_analysis, sharding
+from tfda.da.filters.inflation import check_adaptive_inflation, innovation_inflation
 from tfda.da.filters.local import (
     Sites,
     apply_site_transforms,
@@ -61,6 +62,11 @@ class LETKF:
         distance: callable distance(state_index, obs_locations) -> (n, p), or a
             precomputed (n_state, p) tensor; needed when radius is set.
         inflation: multiplicative inflation lambda >= 1 of the background covariance.
+        adaptive_inflation: lambda_max >= 1 of an innovation-driven inflation (None: off):
+            each analysis multiplies the covariance further by lambda^2 = (d^T R^-1 d - p)
+            / tr(R^-1 Y Y^T) clipped to [1, lambda_max] (Desroziers et al. 2005; Li,
+            Kalnay & Miyoshi 2009; :mod:`da.filters.inflation`), the same estimate as
+            the kernel EnSF's; not with ``group``.
         rtps: relaxation-to-prior-spread factor alpha in [0, 1].
         chunk: local domains per batched eigen-decomposition (at most).
         sites: one local analysis per site (a grid column) instead of per component,
@@ -72,6 +78,7 @@ class LETKF:
     radius: float | None = None
     distance: Any = None
     inflation: float = 1.0
+    adaptive_inflation: float | None = None
     rtps: float = 0.0
     chunk: int = 4096
     sites: Any = None
@@ -89,11 +96,18 @@ class LETKF:
             raise ValueError(f"rtps must lie in [0, 1], got {self.rtps}")
         if self.chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        check_adaptive_inflation(self.adaptive_inflation)
+        if self.adaptive_inflation is not None and self.group is not None:
+            raise ValueError("adaptive_inflation needs the whole observation vector: "
+                             "not with group=")
         check_shardable(self.group, self.radius, self.distance)
 
     def settings(self) -> dict[str, Any]:
-        return {"radius": self.radius, "inflation": self.inflation, "rtps": self.rtps,
-                "localisation": "Gaspari-Cohn, c = radius * sqrt(10/3)"}
+        out = {"radius": self.radius, "inflation": self.inflation, "rtps": self.rtps,
+               "localisation": "Gaspari-Cohn, c = radius * sqrt(10/3)"}
+        if self.adaptive_inflation is not None:
+            out["adaptive_inflation"] = self.adaptive_inflation
+        return out
 
     def __call__(self, prior: torch.Tensor, y: torch.Tensor, obs_operator: ObservationOperator, *,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -107,6 +121,13 @@ class LETKF:
         domains from its halo of observations (:mod:`da.filters.halo`)."""
         options = {"radius": self.radius, "distance": self.distance,
                    "inflation": self.inflation, "rtps": self.rtps, "chunk": self.chunk}
+        if self.adaptive_inflation is not None:
+            lam2, hx = innovation_inflation(prior_ensemble, y, obs_operator,
+                                            inflation=self.inflation,
+                                            maximum=self.adaptive_inflation)
+            options["inflation"] = self.inflation * lam2
+            return letkf_analysis(prior_ensemble, y, obs_operator, sites=self.sites, hx=hx,
+                                  **options)
         if sharding(self.group):
             return sharded_analysis(partial(letkf_analysis, **options), prior_ensemble, y,
                                     obs_operator, geometry=self.distance, radius=self.radius,
