@@ -9,8 +9,9 @@ and everything else (accelerators, autograd) to torch. The result is the same pr
 up to the order of the floating-point sums.
 
 :func:`row_max` is ``x.amax(-1, keepdim=True)``; on the CPU in float32 a halving tree
-of elementwise maxima is faster than torch's reduction over a short last axis
-(0.57 against 0.74 us per 20 x 20 block). Both are exact: a maximum does not round.
+of elementwise maxima was faster than torch's reduction over a short last axis on the
+development machine (float64's reduction is not slow there). Both are exact: a maximum
+does not round.
 """
 
 from __future__ import annotations
