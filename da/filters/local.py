@@ -252,8 +252,8 @@ def _neighbour_statistics(source: _Sources, m: int, n_state: int, *, radius: flo
     domains, positions = domains.to(device), positions.to(device)
     budget = element_budget(device, dtype)
     # on a CPU the taper's temporaries are made in pieces that stay in the cache: a fresh
-    # large temporary per elementwise operation is page-faulted in anew (measured up to
-    # 30x slower per element in a VM); the batch handed on stays as large as before
+    # large temporary per elementwise operation is page-faulted in anew (much slower per
+    # element in the development VM); the batch handed on stays as large as before
     piece = _CPU_PIECE if device.type == "cpu" else budget
     for run in blocks.runs(budget // (_BLOCK + m * m + m + 1), max_blocks=max(chunk // _BLOCK, 1)):
         rows, cand = (t.to(device) for t in blocks.batch(run))
