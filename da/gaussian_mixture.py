@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from tfda.da.batched import matmul, row_max
+from tfda.da.batched import column_max, matmul
 from tfda.da.schedule import Schedule
 
 _LOG2E = math.log2(math.e)
@@ -94,47 +94,79 @@ def _posterior_centre(
     schedule: Schedule, log_weights: torch.Tensor | None,
 ) -> torch.Tensor:
     """sum_j r_j(z, t) m_j: the responsibility-weighted component mean, (B, N, K)."""
-    terms = _centre_terms(t, means, var, schedule, log_weights, z)
-    return _centre(z, terms, _with_ones(means)).expand_as(z)
+    work = _Workspace(z, means)
+    alpha = work.set_time(t, var, schedule, log_weights, z)
+    sums = work.weighted_sums(work.points, alpha, work.means_ones, work.s0)
+    return (sums[:, :-1] / sums[:, -1:]).transpose(1, 2).expand_as(z)
 
 
-def _centre_terms(
-    t: float, means: torch.Tensor, var: torch.Tensor | float, schedule: Schedule,
-    log_weights: torch.Tensor | None, like: torch.Tensor,
-) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """What the responsibilities at time t need of the components, computed once per time,
-    in base-2 units (the logits are exponentiated with exp2, 2-3x cheaper than exp on a
-    CPU): alpha_t, alpha_t m_j / s_t transposed (B, K, M) and
-    log pi_j - alpha_t^2 |m_j|^2_{s_t} / 2 (B, 1, M), both times log2(e)."""
-    alpha = schedule.alpha(t)
-    scaled = means * (_LOG2E / _diffused_variance(t, var, schedule, like)).unsqueeze(1)
-    bias = (-0.5 * alpha * alpha) * (scaled * means).sum(-1)
-    if log_weights is not None:
-        bias = bias + _LOG2E * log_weights
-    # contiguous (B, K, M): numpy's stacked product takes twice as long from a transposed view
-    return alpha, (alpha * scaled).transpose(1, 2).contiguous(), bias.unsqueeze(1)
+class _Workspace:
+    """The arrays of one flow, allocated once and reused by every step.
 
+    Points and means are held as columns, [z; 1] (B, K + 1, N) and [m_j; 1]
+    (B, K + 1, M), because the softmax's maximum over the components is then a maximum
+    over rows, which vectorises along them (several times faster on a CPU than a
+    reduction along a short last axis). Every step writes into these arrays (``out=``)
+    instead of making fresh temporaries: on the development machine every fresh
+    multi-megabyte temporary is page-faulted in again, and a (2048, 20, 20) float64
+    product into a new array took about twice as long as into a reused one.
+    """
 
-def _with_ones(means: torch.Tensor) -> torch.Tensor:
-    """[m_j, 1] (B, M, K + 1): one product then gives sum_j w_j m_j and sum_j w_j."""
-    return torch.cat([means, means.new_ones(means.shape[:-1]).unsqueeze(-1)], dim=-1)
+    def __init__(self, z: torch.Tensor, means: torch.Tensor) -> None:
+        (m, k), n = means.shape[1:], z.shape[1]
+        b = max(z.shape[0], means.shape[0])  # one of them may be broadcast
+        new = means.new_empty
+        self.points, self.base, self.pred = new(b, k + 1, n), new(b, k + 1, n), new(b, k + 1, n)
+        self.points[:, :k] = z.transpose(1, 2)
+        self.points[:, k] = 1.0
+        self.s0, self.s1, self.logits = new(b, k + 1, n), new(b, k + 1, n), new(b, m, n)
+        self.scratch, self.terms = new(b, (m + 1) // 2, n), new(b, m, k + 1)
+        self.rows = new(b, k + 1, m)
+        self.means = means.expand(b, m, k)
+        self.squared = self.means * self.means
+        self.means_ones = torch.cat([self.means, means.new_ones(b, m, 1)], -1).transpose(1, 2)
+        self.means_ones = self.means_ones.contiguous()
+        self.time: float | None = None
 
+    def set_time(self, t: float, var: torch.Tensor | float, schedule: Schedule,
+                 log_weights: torch.Tensor | None, like: torch.Tensor) -> float:
+        """Write the left factor A_t (B, M, K + 1) of the logits, in base-2 units (they are
+        exponentiated with exp2, 2-3x cheaper than exp on a CPU): columns 0 .. K-1 hold
+        alpha_t m_jk / s_tk, column K the bias log pi_j - alpha_t^2 |m_j|^2_{s_t} / 2, both
+        times log2(e), so that A_t [z; 1] is the logits in one product. Returns alpha_t;
+        ``like``: a (B, N, K) tensor."""
+        alpha = schedule.alpha(t)
+        if t != self.time:  # the corrector's time is the next step's start
+            self.time = t
+            inv_s = _LOG2E / _diffused_variance(t, var, schedule, like)  # (B, K)
+            k = inv_s.shape[-1]
+            torch.mul(self.means, (alpha * inv_s).unsqueeze(1), out=self.terms[..., :k])
+            bias = self.terms[..., k:]
+            matmul(self.squared, inv_s.unsqueeze(-1), out=bias).mul_(-0.5 * alpha * alpha)
+            if log_weights is not None:
+                bias.add_(log_weights.unsqueeze(-1), alpha=_LOG2E)
+        return alpha
 
-def _centre(z: torch.Tensor, terms: tuple[float, torch.Tensor, torch.Tensor],
-            means_ones: torch.Tensor) -> torch.Tensor:
-    """The softmax is taken by hand and normalised after the product with the means
-    (a (B, N, K) division instead of a (B, N, M) one; the normaliser comes from the
-    column of ones): torch's softmax costs more than both matrix products together
-    on a CPU at these sizes. At t = 1 (alpha = 0) the responsibilities are the
-    weights alone and the result is (B, 1, K), to be broadcast over the points."""
-    alpha, scaled_t, bias = terms
-    logits = bias.clone() if alpha == 0.0 else matmul(z, scaled_t).add_(bias)
-    # weights below 2^-100 of the largest are raised to it (a change far below round-off):
-    # subnormal weights would slow the product below by a third on x86 CPUs
-    logits = logits.sub_(row_max(logits)).clamp_min_(-100.0).exp2_()
-    k = means_ones.shape[-1] - 1
-    weighted = matmul(logits, means_ones)
-    return weighted[..., :k].div_(weighted[..., k:])
+    def weighted_sums(self, points: torch.Tensor, alpha: float, rows: torch.Tensor,
+                      out: torch.Tensor) -> torch.Tensor:
+        """sum_j w_j(z) rows_j (B, R, N) into ``out`` at the points [z; 1] (B, K + 1, N),
+        for the unnormalised responsibilities w_j = 2^(logit_j - max_j logit_j) and the
+        columns of ``rows`` (B, R, M); a row of ones in ``rows`` gives the normaliser
+        sum_j w_j (the softmax is normalised after the product: torch's softmax costs
+        more than both matrix products together on a CPU at these sizes). At t = 1
+        (alpha = 0) the responsibilities are the weights alone and the result is
+        (B, R, 1), to be broadcast over the points."""
+        k = self.terms.shape[-1] - 1
+        if alpha == 0.0:
+            logits = self.logits[..., :1].copy_(self.terms[..., k:])
+            out = out[..., :1]
+        else:
+            logits = matmul(self.terms, points, out=self.logits)  # (B, M, N)
+        # weights below 2^-100 of the largest are raised to it (a change far below
+        # round-off): subnormal weights would slow the product below by a third on x86
+        scratch = self.scratch[..., : logits.shape[-1]]
+        logits.sub_(column_max(logits, scratch=scratch)).clamp_min_(-100.0).exp2_()
+        return matmul(rows, logits, out=out)
 
 
 def mixture_flow(
@@ -163,25 +195,36 @@ def mixture_flow(
     b(t), so eps_a = 0 is allowed. ``second_order`` re-evaluates m at the predicted end
     point and steps with the average of the two (Heun on the responsibilities).
     """
-    terms: dict[float, tuple[float, torch.Tensor, torch.Tensor]] = {}
-    means_ones = _with_ones(means)
-
-    def centre(x: torch.Tensor, t: float) -> torch.Tensor:
-        if t not in terms:  # the corrector's time is the next step's start
-            terms.clear()
-            terms[t] = _centre_terms(t, means, var, schedule, log_weights, x)
-        return _centre(x, terms[t], means_ones)
-
+    work = _Workspace(z, means)
+    k = z.shape[-1]
+    # A step is z1 = ratio z0 + gain m(z0) with m = S / n, S = sum_j w_j m_j and
+    # n = sum_j w_j: with the means' rows scaled by the gain, gain m is S / n, one
+    # addcdiv, and the row of ones is rebuilt every step (its ratio is 0 and n / n adds
+    # exactly 1; x / 2x is exactly 1/2 in Heun's average).
     for t0, t1 in zip(times[:-1], times[1:], strict=True):
-        ratio = (_diffused_variance(t1, var, schedule, z)
-                 / _diffused_variance(t0, var, schedule, z)).sqrt().unsqueeze(1)
-        # z(t1) = alpha_1 m + (z - alpha_0 m) ratio = ratio z + (alpha_1 - alpha_0 ratio) m
-        gain = schedule.alpha(t1) - schedule.alpha(t0) * ratio
-        base = z * ratio
-        m0 = centre(z, t0)
-        z_next = torch.addcmul(base, gain, m0)
-        if second_order:
-            m0 = (m0 + centre(z_next, t1)).mul_(0.5)
-            z_next = torch.addcmul(base, gain, m0)
-        z = z_next
-    return z
+        ratio, gain = _step_factors(t0, t1, var, schedule, z)
+        torch.mul(work.means_ones, gain, out=work.rows)
+        torch.mul(work.points, ratio, out=work.base)
+        alpha = work.set_time(t0, var, schedule, log_weights, z)
+        s0 = work.weighted_sums(work.points, alpha, work.rows, work.s0)
+        if not second_order:
+            work.points, work.base = work.base.addcdiv_(s0, s0[:, k:]), work.points
+            continue
+        torch.addcdiv(work.base, s0, s0[:, k:], out=work.pred)
+        alpha = work.set_time(t1, var, schedule, log_weights, z)
+        s1 = work.weighted_sums(work.pred, alpha, work.rows, work.s1)
+        work.base.addcdiv_(s0, s0[:, k:], value=0.5).addcdiv_(s1, s1[:, k:], value=0.5)
+        work.points, work.base = work.base, work.points
+    return work.points[:, :k].transpose(1, 2).contiguous()
+
+
+def _step_factors(t0: float, t1: float, var: torch.Tensor | float, schedule: Schedule,
+                  like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exponential integrator's ratio sqrt(s_t1 / s_t0) and gain alpha_1 - alpha_0 ratio,
+    (B, K + 1, 1), extended by 0 and 1 for the row of ones. ``like``: (B, N, K)."""
+    ratio = (_diffused_variance(t1, var, schedule, like)
+             / _diffused_variance(t0, var, schedule, like)).sqrt()
+    gain = schedule.alpha(t1) - schedule.alpha(t0) * ratio
+    ratio = torch.cat([ratio, ratio.new_zeros(ratio.shape[0], 1)], dim=-1)
+    gain = torch.cat([gain, gain.new_ones(gain.shape[0], 1)], dim=-1)
+    return ratio.unsqueeze(-1), gain.unsqueeze(-1)

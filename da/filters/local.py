@@ -258,11 +258,17 @@ def _neighbour_statistics(source: _Sources, m: int, n_state: int, *, radius: flo
     for run in blocks.runs(budget // (_BLOCK + m * m + m + 1), max_blocks=max(chunk // _BLOCK, 1)):
         rows, cand = (t.to(device) for t in blocks.batch(run))
         stats = torch.empty(len(rows), _BLOCK, m * m + m + 1, dtype=dtype, device=device)
-        step = max(piece // (_BLOCK * cand.shape[1]), 1)
+        width = cand.shape[1]
+        step = max(piece // (_BLOCK * width), 1)
+        cols = max(piece // _BLOCK, 1)  # a block wider than a piece is summed in parts
         for start in range(0, len(rows), step):
             part = slice(start, start + step)
-            stats[part] = _local_sums(source, geometry, radius, domains[rows[part].clamp_min(0)],
-                                      positions, cand[part], dtype)  # padding rows: dropped
+            where = domains[rows[part].clamp_min(0)]  # padding rows: dropped below
+            stats[part] = _local_sums(source, geometry, radius, where, positions,
+                                      cand[part, :cols], dtype)
+            for col in range(cols, width, cols):
+                stats[part] += _local_sums(source, geometry, radius, where, positions,
+                                           cand[part, col:col + cols], dtype)
         keep = rows >= 0
         yield rows[keep], *_split(stats[keep], m)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tfda.da.batched import matmul, row_max
+from tfda.da.batched import column_max, matmul
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -28,9 +28,26 @@ def test_matmul_keeps_autograd_and_other_dtypes_on_torch():
     assert torch.equal(matmul(ints, ints), ints @ ints)
 
 
-@pytest.mark.parametrize("width", [1, 2, 5, 20, 21])
+@pytest.mark.parametrize("height", [1, 2, 5, 20, 21])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_row_max_is_amax(width, dtype):
-    x = torch.randn(4, 3, width, generator=torch.Generator().manual_seed(width), dtype=dtype)
-    x[0, 0, -1] = 50.0  # the maximum in the last position, which odd halvings overlap
-    assert torch.equal(row_max(x), x.amax(-1, keepdim=True))
+def test_column_max_is_amax(height, dtype):
+    x = torch.randn(4, height, 3, generator=torch.Generator().manual_seed(height), dtype=dtype)
+    x[0, -1, 1] = 50.0  # the maximum in the last row, which odd halvings overlap
+    assert torch.equal(column_max(x), x.amax(-2, keepdim=True))
+
+
+@pytest.mark.parametrize("height", [1, 5, 20, 21])
+def test_column_max_into_scratch_of_a_view(height):
+    x = torch.randn(3, height, 4, generator=torch.Generator().manual_seed(1))
+    scratch = torch.full((3, (height + 1) // 2, 6), float("nan"))
+    view = x[..., :1]  # a strided column, as at t = 1 in the flow
+    assert torch.equal(column_max(view, scratch=scratch[..., :1]), view.amax(-2, keepdim=True))
+
+
+def test_matmul_writes_into_out():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(5, 3, 4, generator=g), torch.randn(5, 4, 2, generator=g)
+    out = torch.empty(5, 3, 3)
+    got = matmul(a, b, out=out[..., 1:])  # a strided destination
+    torch.testing.assert_close(got, a @ b)
+    torch.testing.assert_close(out[..., 1:], a @ b)

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from tfda.da.filters import LETKF, EnSF, grid_distance, periodic_distance
-from tfda.da.filters import local
+from tfda.da.filters import LETKF, EnSF, grid_distance, local, periodic_distance
 from tfda.da.filters.local import Sites, grid_sites
 from tfda.da.filters.neighbours import GridDistance, RingDistance, compact_blocks, site_blocks
 from tfda.geo import great_circle_km
@@ -115,11 +114,12 @@ def test_ring_analyses_equal_the_dense_path():
     assert _close(fast, dense) <= 1e-10
 
 
-@pytest.fixture(params=[False, True], ids=["whole", "pieces"])
+@pytest.fixture(params=[None, 1, 3 * local._BLOCK], ids=["whole", "blocks", "columns"])
 def taper_pieces(request, monkeypatch):
-    """Also run with the CPU's taper temporaries cut to one block each (the piece loop)."""
-    if request.param:
-        monkeypatch.setattr(local, "_CPU_PIECE", 1)
+    """Also run with the CPU's taper temporaries cut to one block each (the piece loop),
+    and to three candidates of one block (a block's sum in parts)."""
+    if request.param is not None:
+        monkeypatch.setattr(local, "_CPU_PIECE", request.param)
 
 
 def test_grid_analyses_equal_the_dense_path_with_sites_and_stations(taper_pieces):
