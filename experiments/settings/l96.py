@@ -105,6 +105,16 @@ L96_ABS = L96Setting(
     reference="issue 23: |x| (sign-ambiguous) of every 2nd variable, std 1, dt 0.1",
     **_NONGAUSS,
 )
+L96_ABS_80 = L96Setting(
+    name="l96-abs-80", dt=0.1, operator="abs", obs_stride=2, obs_std=1.0, cycles=300,
+    burn_in=100, **{**_NONGAUSS, "members": 80},
+    letkf={"radius": 4.0, "inflation": 1.02, "rtps": 0.0},
+    ensf=_weight_honouring(radius=4.0, inflation=1.0),
+    expected_rmse_a={"letkf": 1.40, "ensf": 0.74},  # seeds 1-5 (docs/ensf.md)
+    reference="issue 23: l96-abs with 80 members; both filters tuned on seed 0 over "
+              "inflation {1.0, 1.02, 1.1} at radius 4 (the LETKF also at radius 2 and 6, "
+              "the EnSF also at h 0.8 and 0.6)",
+)
 L96_ARCTAN_SHOCKS = L96Setting(
     name="l96-arctan-shocks", dt=0.1, operator="arctan", obs_std=0.05, cycles=300,
     burn_in=100, shock_std=1.0, shock_every=20,
@@ -137,6 +147,7 @@ SETTINGS: dict[str, L96Setting] = {
                                   **{**_ARCTAN, "cycles": 50, "burn_in": 10}),
     "l96-dt04": L96_DT04,
     "l96-abs": L96_ABS,
+    "l96-abs-80": L96_ABS_80,
     "l96-arctan-shocks": L96_ARCTAN_SHOCKS,
     "bocquet2010": BOCQUET2010,
 }

@@ -80,7 +80,8 @@ def test_model_shocks_are_deterministic_per_cycle_and_absent_by_default():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "cycles"), [("bocquet2010", 200), ("l96-dt04", 100)])
+@pytest.mark.parametrize(("name", "cycles"),
+                         [("bocquet2010", 200), ("l96-dt04", 100), ("l96-abs-80", 100)])
 def test_issue23_settings_short_runs_near_their_expected_rmse(tmp_path, name, cycles):
     """A short version (seed 0, the first cycles) of the 5-seed runs behind
     ``expected_rmse_a`` (docs/ensf.md): both filters track, within 35 % of the quoted mean."""
