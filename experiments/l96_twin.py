@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=None, help="assimilation cycles")
     parser.add_argument("--burn-in", type=int, default=None,
                         help="cycles left out of the averages")
+    parser.add_argument("--members", type=int, default=None,
+                        help="ensemble size, for every filter (default: the setting's)")
     parser.add_argument("--seed", type=int, default=0, help="first random seed (default 0)")
     parser.add_argument("--seeds", type=int, default=1, choices=range(1, 101), metavar="N",
                         help="run seeds SEED..SEED+N-1 and report their mean")
@@ -211,9 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     plan = []
     for name, filt in runs:  # every setting and override checked before any run starts
         setting = SETTINGS[name]
-        changes = {k: v for k, v in (("cycles", args.cycles), ("burn_in", args.burn_in))
-                   if v is not None}
+        changes = {k: v for k, v in (("cycles", args.cycles), ("burn_in", args.burn_in),
+                                     ("members", args.members)) if v is not None}
         setting = dataclasses.replace(setting, **changes)
+        if setting.members < 2:
+            raise UserError(f"--members {setting.members} must be at least 2")
         if setting.cycles < 1 or not 0 <= setting.burn_in < setting.cycles:
             raise UserError(f"--burn-in {setting.burn_in} must lie in [0, --cycles "
                             f"{setting.cycles})")

@@ -134,6 +134,7 @@ CASES = [
     ("l96-burn-in", ("l96", "sakov2008", "--cycles", "3", "--burn-in", "5", "--out", "{out}"),
      "--burn-in"),
     ("l96-out-is-a-file", ("l96", "sakov2008", "--out", "{afile}"), "--out"),
+    ("l96-members", ("l96", "sakov2008", "--members", "1", "--out", "{out}"), "--members"),
     ("plot-tracks-missing-dir", ("plot-tracks", "{d}/no_such_run"), "no_such_run"),
     ("plot-tracks-not-a-run", ("plot-tracks", "{d}/not_a_run"), "tracks.nc"),
     ("plot-tracks-quantile", ("plot-tracks", "{d}/not_a_run", "--quantile", "1.5"),

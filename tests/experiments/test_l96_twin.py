@@ -21,6 +21,14 @@ def test_letkf_smoke_writes_results(tmp_path):
     assert (out / "metrics.nc").exists() and not list(out.glob("checkpoint*.pt"))
 
 
+def test_members_option_sets_the_ensemble_size(tmp_path):
+    out = tmp_path / "run"
+    assert main(["sakov2008", "--filter", "letkf", "--out", str(out), "--cycles", "3",
+                 "--burn-in", "1", "--members", "7", "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["members"] == 7
+
+
 def test_ensf_smoke_both_filters_table(tmp_path, capsys):
     assert main(["ensf-arctan", "--out", str(tmp_path), "--cycles", "3", "--burn-in", "1",
                  "--set", "steps=5", "--filter", "ensf", "--no-progress"]) == 0
