@@ -105,7 +105,7 @@ def test_flow_equals_a_step_by_step_reference_and_broadcasts(dtype):
         return r @ means
 
     x = z.expand(b, n, k)
-    for t0, t1 in zip(times[:-1], times[1:]):
+    for t0, t1 in zip(times[:-1], times[1:], strict=True):
         ratio = ((sched.alpha(t1) ** 2 * var + sched.beta2(t1))
                  / (sched.alpha(t0) ** 2 * var + sched.beta2(t0))).sqrt()[:, None]
         gain = sched.alpha(t1) - sched.alpha(t0) * ratio
