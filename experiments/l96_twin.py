@@ -218,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         setting = dataclasses.replace(setting, **changes)
         if setting.members < 2:
             raise UserError(f"--members {setting.members} must be at least 2")
+        if args.members is not None:  # the forecast and analysis ensembles, float64
+            from tfda.experiments import resources
+
+            resources.check_memory("--members", 4 * 8 * setting.members * setting.nx,
+                                   "the ensembles")
         if setting.cycles < 1 or not 0 <= setting.burn_in < setting.cycles:
             raise UserError(f"--burn-in {setting.burn_in} must lie in [0, --cycles "
                             f"{setting.cycles})")

@@ -135,6 +135,8 @@ CASES = [
      "--burn-in"),
     ("l96-out-is-a-file", ("l96", "sakov2008", "--out", "{afile}"), "--out"),
     ("l96-members", ("l96", "sakov2008", "--members", "1", "--out", "{out}"), "--members"),
+    ("l96-members-huge", ("l96", "sakov2008", "--members", "1000000000", "--out", "{out}"),
+     "--members: the ensembles need"),
     ("plot-tracks-missing-dir", ("plot-tracks", "{d}/no_such_run"), "no_such_run"),
     ("plot-tracks-not-a-run", ("plot-tracks", "{d}/not_a_run"), "tracks.nc"),
     ("plot-tracks-quantile", ("plot-tracks", "{d}/not_a_run", "--quantile", "1.5"),
