@@ -108,8 +108,8 @@ class _Workspace:
     over rows, which vectorises along them (several times faster on a CPU than a
     reduction along a short last axis). Every step writes into these arrays (``out=``)
     instead of making fresh temporaries: on the development machine every fresh
-    multi-megabyte temporary is page-faulted in again, and a (2048, 20, 20) float64
-    product into a new array took about twice as long as into a reused one.
+    multi-megabyte temporary is page-faulted in again, so an operation into a new array
+    costs more than into a reused one.
     """
 
     def __init__(self, z: torch.Tensor, means: torch.Tensor) -> None:
