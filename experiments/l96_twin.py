@@ -141,6 +141,8 @@ def _check_sizes(setting: L96Setting, filt: str, overrides: dict[str, Any], name
     from tfda.experiments import resources
 
     resources.check_steps(name, setting.cycles, "cycles")
+    # the forecast and analysis ensembles and their perturbations, float64
+    resources.check_memory("--members", 4 * 8 * setting.members * setting.nx, "the ensembles")
     steps = overrides.get("steps")
     if isinstance(steps, int) and filt.startswith("ensf"):
         resources.check_steps("--set steps", steps * setting.cycles, "sampler steps")
@@ -218,11 +220,6 @@ def main(argv: list[str] | None = None) -> int:
         setting = dataclasses.replace(setting, **changes)
         if setting.members < 2:
             raise UserError(f"--members {setting.members} must be at least 2")
-        if args.members is not None:  # the forecast and analysis ensembles, float64
-            from tfda.experiments import resources
-
-            resources.check_memory("--members", 4 * 8 * setting.members * setting.nx,
-                                   "the ensembles")
         if setting.cycles < 1 or not 0 <= setting.burn_in < setting.cycles:
             raise UserError(f"--burn-in {setting.burn_in} must lie in [0, --cycles "
                             f"{setting.cycles})")
