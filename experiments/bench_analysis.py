@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from tfda.da.filters import LETKF, EnSF
 from tfda.da.filters.local import grid_distance, grid_sites, periodic_distance, taper_support
 from tfda.da.filters.neighbours import Geometry
+from tfda.da.gaussian_mixture import compiled_flow_available, flow_backend
 from tfda.experiments._errors import ArgumentParser, UserError, command, description
 from tfda.experiments.config import parse_device
 from tfda.experiments.resources import check_memory, ensemble_bytes
@@ -141,7 +142,8 @@ def run_case(problem: str, size: int, name: str, args: argparse.Namespace) -> tu
     """One case in a fresh interpreter (its own peak memory); the case's row back."""
     cmd = [sys.executable, "-m", "tfda.experiments.bench_analysis", "--one", problem, str(size),
            name, "--members", str(args.members), "--device", args.device, "--dtype",
-           args.dtype, "--threads", str(args.threads), "--radius-km", str(args.radius_km)]
+           args.dtype, "--threads", str(args.threads), "--radius-km", str(args.radius_km),
+           "--flow", args.flow]
     # numpy's OpenBLAS (the small batched products, da.batched) reads its thread count
     # when it loads: the child gets the same count as torch
     threads = str(args.threads)
@@ -215,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="ring state dtype (the FourCastNet case is float32)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--progress", action="store_true", help="a progress bar over the cases")
+    parser.add_argument("--flow", choices=("auto", "torch"), default="auto",
+                        help="the kernel EnSF's flow: the compiled CPU code where built "
+                             "(auto) or the torch code")
     parser.add_argument("--one", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [_size(v) for v in args.nx]
@@ -236,10 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = parse_device(args.device)
     if args.one is not None:
-        one(args.one[0], int(args.one[1]), args.one[2], args)
+        with flow_backend(args.flow):
+            one(args.one[0], int(args.one[1]), args.one[2], args)
         return 0
-    print(f"device {device}, {args.threads} thread(s), M = {args.members}, ring {args.dtype}; "
-          "peak GB: the process's peak memory (a fresh process per case)", flush=True)
+    flow = ("compiled" if args.flow == "auto" and compiled_flow_available() and device.type == "cpu"
+            else "torch")
+    print(f"device {device}, {args.threads} thread(s), M = {args.members}, ring {args.dtype}, "
+          f"{flow} flow; peak GB: the process's peak memory (a fresh process per case)",
+          flush=True)
     plan = [("ring", nx, name) for nx in sizes for name in args.filters]
     if args.fcn_stride is not None:
         plan += [("fcn", args.fcn_stride, name) for name in args.filters]

@@ -109,13 +109,17 @@ def posterior_mixture(
         q = matmul(basis, q)  # (D, M, K)
     gamma = gamma.clamp_min(0.0)  # G is positive semi-definite; eigh may round below 0
     var_a = h2 / (1.0 + h2 * gamma)
+    keep = var_a / h2  # 1 / (1 + h^2 gamma) = 1 - gamma var_a
     c_rot = matmul(centres, q)  # (D, M, K): row j = Q^T c_j
     g_rot = matmul(g.unsqueeze(1), q).squeeze(1)
-    means_a = (c_rot + h2 * g_rot.unsqueeze(1)) / (1.0 + h2 * gamma).unsqueeze(1)
-    resid = g_rot.unsqueeze(1) - gamma.unsqueeze(1) * c_rot  # b_j = g - G c_j, rotated
-    log_w = -0.5 * (dd.unsqueeze(1) - 2.0 * (c_rot * g_rot.unsqueeze(1)).sum(-1)
-                    + (gamma.unsqueeze(1) * c_rot * c_rot).sum(-1)
-                    - (resid * resid * var_a.unsqueeze(1)).sum(-1))
+    # m_j^a = C_a (c_j / h^2 + g) and, with b_j = g - G c_j,
+    # log pi_j = -0.5 [d'd - 2 c_j'g + c_j'G c_j - b_j'C_a b_j]
+    #          = -0.5 [d'd - g'C_a g] + c_j'(keep g) - 0.5 c_j'(keep G) c_j
+    # (expanded, so that the per-component sums over the K coordinates are two products)
+    means_a = torch.addcmul((g_rot * var_a).unsqueeze(1), c_rot, keep.unsqueeze(1))
+    log_w = matmul(c_rot, (keep * g_rot).unsqueeze(-1)).squeeze(-1)
+    log_w -= 0.5 * matmul(c_rot * c_rot, (keep * gamma).unsqueeze(-1)).squeeze(-1)
+    log_w += (-0.5 * (dd - (g_rot * g_rot * var_a).sum(-1))).unsqueeze(-1)
     return q, means_a, var_a, log_w
 
 

@@ -4,11 +4,18 @@ narrow-kernel limit, the Gaussian score for one component, and the flow's
 push-forward of the mixture at t = 1 (which must be N(0, I) when alpha_1 = 0)."""
 
 import math
+import shutil
 
 import pytest
 import torch
 
-from tfda.da.gaussian_mixture import gaussian_mixture_score, mixture_flow, mixture_log_density
+from tfda.da.gaussian_mixture import (
+    compiled_flow_available,
+    flow_backend,
+    gaussian_mixture_score,
+    mixture_flow,
+    mixture_log_density,
+)
 from tfda.da.schedule import Schedule
 from tfda.da.score import mixture_score
 
@@ -85,8 +92,9 @@ def test_flow_carries_a_bimodal_mixture_to_standard_normal():
     assert abs(float((z1**4).mean()) - 3) < 5 * math.sqrt(96) * se  # Gaussian kurtosis
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-def test_flow_equals_a_step_by_step_reference_and_broadcasts(dtype):
+def test_flow_equals_a_step_by_step_reference_and_broadcasts(dtype, backend):
     # An independent, allocation-heavy transcription of the exponential-integrator Heun
     # step (softmax responsibilities, no column layout, no ones row): the optimised flow
     # must agree to round-off, for shared points (batch 1) against per-problem mixtures.
@@ -111,7 +119,91 @@ def test_flow_equals_a_step_by_step_reference_and_broadcasts(dtype):
         gain = sched.alpha(t1) - sched.alpha(t0) * ratio
         pred = ratio * x + gain * centre(x, t0)
         x = ratio * x + gain * 0.5 * (centre(x, t0) + centre(pred, t1))
-    ours = mixture_flow(z.to(dtype), times, means.to(dtype), var.to(dtype), sched,
-                        log_w.to(dtype))
+    with flow_backend(backend):  # "auto": the compiled flow where it was built
+        ours = mixture_flow(z.to(dtype), times, means.to(dtype), var.to(dtype), sched,
+                            log_w.to(dtype))
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(ours, x.to(dtype), rtol=tol, atol=tol)
+
+
+needs_compiled = pytest.mark.skipif(not compiled_flow_available(),
+                                    reason="the compiled flow (da/_flow.c) was not built")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="no C compiler: tfda installs without its compiled flow")
+def test_the_compiled_flow_is_built_where_a_compiler_is():
+    # the extension is optional in setup.py, so a broken build would only show as a slow
+    # flow: with a compiler present it must be there
+    assert compiled_flow_available()
+
+
+def _flow_problem(seed, b, n, m, k, dtype):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(b, n, k, generator=g, dtype=F64).to(dtype)
+    means = torch.randn(b, m, k, generator=g, dtype=F64).to(dtype)
+    var = (torch.rand(b, k, generator=g, dtype=F64) + 0.02).to(dtype)
+    log_w = (3.0 * torch.randn(b, m, generator=g, dtype=F64)).to(dtype)
+    return z, means, var, log_w
+
+
+@needs_compiled
+@pytest.mark.parametrize("second_order", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("shape", [(4, 20, 20, 19), (3, 13, 5, 4), (2, 1, 9, 1), (5, 33, 3, 7)])
+def test_compiled_flow_equals_the_torch_flow(shape, dtype, second_order):
+    # point counts that are not whole vectors (13, 1, 33), one coordinate, more points
+    # than components, and both directions of time through t = 1 (alpha = 0 exactly)
+    b, n, m, k = shape
+    z, means, var, log_w = _flow_problem(7, b, n, m, k, dtype)
+    sched, tol = Schedule(), (2e-4 if dtype == torch.float32 else 1e-11)
+    for times in ([(j / 8) ** 2 for j in range(9)][::-1], [0.0, 0.3, 0.7, 1.0]):
+        with flow_backend("torch"):
+            ref = mixture_flow(z, times, means, var, sched, log_w, second_order=second_order)
+        with flow_backend("compiled"):
+            ours = mixture_flow(z, times, means, var, sched, log_w, second_order=second_order)
+        torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_compiled_flow_broadcasts_like_the_torch_flow(dtype):
+    # shared points against per-domain mixtures (the analysis), and one shared mixture
+    # with a scalar variance and equal weights (the prior's encoding flow)
+    z, means, var, log_w = _flow_problem(8, 6, 20, 20, 19, dtype)
+    sched, times = Schedule(0.05), [1.0, 0.5, 0.2, 0.05, 0.0]
+    tol = 2e-4 if dtype == torch.float32 else 1e-11
+    cases = [(z[:1], means, var, log_w), (z, means[:1], 0.3, None),
+             (z[:1], means[:1], var[:1], None)]
+    for args in cases:
+        with flow_backend("torch"):
+            ref = mixture_flow(args[0], times, args[1], args[2], sched, args[3])
+        with flow_backend("compiled"):
+            ours = mixture_flow(args[0], times, args[1], args[2], sched, args[3])
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+
+
+@needs_compiled
+def test_compiled_flow_on_several_threads_equals_one_thread():
+    # the batch is split over torch's threads: each domain's arithmetic is its own, so
+    # the split must not change a single bit
+    z, means, var, log_w = _flow_problem(9, 300, 20, 20, 19, F64)
+    times = [(j / 10) ** 2 for j in range(11)][::-1]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = mixture_flow(z, times, means, var, Schedule(), log_w)
+        torch.set_num_threads(3)
+        three = mixture_flow(z, times, means, var, Schedule(), log_w)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, three)
+
+
+def test_flow_backend_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError, match="flow backend"), flow_backend("fortran"):
+        pass
+    z, means, var, log_w = _flow_problem(10, 2, 3, 4, 2, F64)
+    with pytest.raises(RuntimeError, match="compiled flow cannot run"), flow_backend("compiled"):
+        mixture_flow(z.requires_grad_(), [1.0, 0.0], means, var, Schedule(), log_w)
